@@ -1,0 +1,1 @@
+//! ReadWriterAt pipeline stages: arbitrary, chunked, synced, puller, pusher, tracking, lockable.

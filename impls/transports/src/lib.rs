@@ -1,0 +1,1 @@
+//! The remote backend service and the wires that carry it.

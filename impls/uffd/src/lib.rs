@@ -1,0 +1,1 @@
+//! Post-copy memory regions: userfaultfd MISSING faults resolved from a backend.

@@ -1,0 +1,1 @@
+//! Result schema and writers: manifest, cell records, histograms, CSV summary.
