@@ -24,7 +24,7 @@
 //! # Layout
 //!
 //! - [`memory`]: bytes in process memory.
-//! - [`file`]: one regular file, positional I/O.
+//! - [`mod@file`]: one regular file, positional I/O.
 //! - [`directory`]: one file per chunk, created on first write.
 //! - [`blocking`]: the one bridge from blocking kernel-facing threads to async backends.
 //! - [`conformance`]: the shared test suite.
@@ -34,21 +34,24 @@ pub mod conformance;
 pub mod directory;
 pub mod file;
 pub mod memory;
+mod positional;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use blocking::BlockingBackend;
-// pub use directory::DirectoryBackend;
-// pub use file::FileBackend;
+pub use directory::DirectoryBackend;
+pub use file::FileBackend;
 pub use memory::MemoryBackend;
 
 /// Errors any backend or pipeline stage can return.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The access starts at or past the end, or a write would cross it.
-    #[error("access of {len} bytes at offset {offset} is out of range for a backend of {size} bytes")]
+    #[error(
+        "access of {len} bytes at offset {offset} is out of range for a backend of {size} bytes"
+    )]
     OutOfRange { offset: u64, len: u64, size: u64 },
     /// A stage that only takes whole, aligned chunks was given something else.
     #[error("access of {len} bytes at offset {offset} is not one whole chunk of {chunk_size} bytes at a multiple of {chunk_size}")]
