@@ -1,0 +1,432 @@
+//! The frpc server: answers requests from one stream out of a backend.
+//!
+//! # Behavior
+//!
+//! - Requests are read in order and handled concurrently, up to
+//!   [`ServeConfig::max_in_flight`] at once; past that the server stops
+//!   reading, which pushes back on the peer through the stream.
+//! - Replies go out through one writer task in completion order, batched.
+//! - The peer closing its side between frames ends the connection cleanly:
+//!   requests in flight are answered, then the stream is shut down.
+//! - A bad frame (bad magic, unknown op, over the size limit, garbage) ends
+//!   the connection with [`ServeError::Protocol`]; the peer first gets a
+//!   [`Status::ProtocolError`] reply with id 0 saying why. Nothing the bad
+//!   header announced is allocated.
+//! - [`serve_with`] also stops on a [`CancellationToken`]: it stops reading,
+//!   answers what is in flight, and returns `Ok`.
+//!
+//! # Limitations
+//!
+//! The in-flight cap counts requests, not bytes: 1024 reads of 32 MiB may
+//! hold 32 GiB. Peers are the benchmark's own processes, so the cap exists
+//! against runaway pipelines rather than hostile clients.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use backends::{Backend, BackendError, SharedBackend};
+
+use crate::conn::{write_loop, FrameReader, ReadError};
+use crate::wire::{Op, Reply, ReplyHeader, Request, Status, WireError, DEFAULT_MAX_MESSAGE};
+
+/// Default cap on requests handled at once per connection: more than any
+/// puller keeps in flight, few enough that the tasks are cheap.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// How long a closing connection may take to deliver its last replies before
+/// it is dropped: a peer that stopped reading must not hold the server.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
+
+/// How one connection is served.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Largest body accepted or sent, in bytes.
+    pub max_message: u32,
+    /// Requests handled at once; at least 1.
+    pub max_in_flight: usize,
+    /// Time allowed to deliver the last replies when the connection closes
+    /// on shutdown or on a bad frame.
+    pub linger: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_message: DEFAULT_MAX_MESSAGE,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+/// What one connection carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeStats {
+    /// Requests read (and answered, unless the connection failed).
+    pub requests: u64,
+    /// Bytes read from the stream, headers included.
+    pub bytes_received: u64,
+    /// Bytes written to the stream, headers included.
+    pub bytes_sent: u64,
+    /// Most requests handled at once.
+    pub peak_in_flight: usize,
+}
+
+impl std::ops::AddAssign for ServeStats {
+    fn add_assign(&mut self, other: Self) {
+        self.requests += other.requests;
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+        self.peak_in_flight = self.peak_in_flight.max(other.peak_in_flight);
+    }
+}
+
+/// Why a connection ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reading from or writing to the stream failed.
+    #[error("connection I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent a frame that breaks the protocol.
+    #[error("peer sent a bad frame: {0}")]
+    Protocol(#[from] WireError),
+    /// The peer closed in the middle of a frame.
+    #[error("peer closed the connection after {buffered} bytes of an unfinished frame")]
+    Truncated { buffered: usize },
+    /// A backend call panicked; its request could not be answered.
+    #[error("a request handler panicked: {0}")]
+    HandlerPanicked(String),
+    /// The last replies could not be delivered within the linger time.
+    #[error("peer did not take the last replies within {0:?}")]
+    LingerExpired(Duration),
+}
+
+impl From<ReadError> for ServeError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => Self::Io(e),
+            ReadError::Wire(e) => Self::Protocol(e),
+            ReadError::Truncated { buffered } => Self::Truncated { buffered },
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    bytes_received: Arc<AtomicU64>,
+    bytes_sent: Arc<AtomicU64>,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+}
+
+/// Serves `backend` on `stream` until the peer closes it.
+///
+/// Equivalent to [`serve_with`] with default settings but `max_message`, and
+/// a token that is never cancelled.
+pub async fn serve<S>(
+    stream: S,
+    backend: SharedBackend,
+    max_message: u32,
+) -> Result<ServeStats, ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = ServeConfig {
+        max_message,
+        ..ServeConfig::default()
+    };
+    serve_with(stream, backend, config, CancellationToken::new()).await
+}
+
+/// Serves `backend` on `stream` until the peer closes it or `shutdown` is
+/// cancelled. See the module docs for what happens in each case.
+pub async fn serve_with<S>(
+    stream: S,
+    backend: SharedBackend,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> Result<ServeStats, ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_in_flight = config.max_in_flight.max(1);
+    let counters = Arc::new(Counters::default());
+    let (rd, wr) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(rd, config.max_message, counters.bytes_received.clone());
+    let (tx, rx) = mpsc::channel::<Bytes>(max_in_flight);
+    let mut writer = tokio::spawn(write_loop(wr, rx, counters.bytes_sent.clone()));
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    // Dropping the set (on every early return) aborts the handlers.
+    let mut handlers = JoinSet::new();
+    let mut requests = 0u64;
+
+    let ended = loop {
+        if let Err(e) = reap(&mut handlers) {
+            break Ended::Failed(e);
+        }
+        let read = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ended::Shutdown,
+            read = reader.read_frame::<Request>() => read,
+        };
+        let request = match read {
+            Ok(Some(request)) => request,
+            Ok(None) => break Ended::PeerClosed,
+            Err(e) => break Ended::Failed(e.into()),
+        };
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ended::Shutdown,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed; treat it as a shutdown.
+                Err(_) => break Ended::Shutdown,
+            },
+        };
+        requests += 1;
+        let in_flight = counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        counters
+            .peak_in_flight
+            .fetch_max(in_flight, Ordering::Relaxed);
+        handlers.spawn(handle(
+            request,
+            backend.clone(),
+            tx.clone(),
+            permit,
+            counters.clone(),
+            config.max_message,
+        ));
+    };
+
+    let result = match ended {
+        // The peer may have closed only its sending side and still read:
+        // answer everything, however long the backend takes.
+        Ended::PeerClosed => drain(handlers, tx, &mut writer).await,
+        Ended::Shutdown => {
+            match tokio::time::timeout(config.linger, drain(handlers, tx, &mut writer)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    writer.abort();
+                    Err(ServeError::LingerExpired(config.linger))
+                }
+            }
+        }
+        Ended::Failed(e) => {
+            handlers.abort_all();
+            if let ServeError::Protocol(wire) = &e {
+                tracing::debug!(error = %wire, "closing frpc connection on a bad frame");
+                let mut frame = BytesMut::new();
+                Reply::encode(
+                    &mut frame,
+                    0,
+                    Status::ProtocolError,
+                    wire.to_string().as_bytes(),
+                );
+                // Best effort: a full queue means the peer is not reading.
+                let _ = tx.try_send(frame.freeze());
+            }
+            drop(tx);
+            // The connection failed already; failing to say so adds nothing.
+            if tokio::time::timeout(config.linger, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+            Err(e)
+        }
+    };
+    result.map(|()| ServeStats {
+        requests,
+        bytes_received: counters.bytes_received.load(Ordering::Relaxed),
+        bytes_sent: counters.bytes_sent.load(Ordering::Relaxed),
+        peak_in_flight: counters.peak_in_flight.load(Ordering::Relaxed),
+    })
+}
+
+/// How the read loop ended.
+#[derive(Debug)]
+enum Ended {
+    PeerClosed,
+    Shutdown,
+    Failed(ServeError),
+}
+
+/// Waits for every handler, then for the writer to send their replies and
+/// shut the stream down.
+async fn drain(
+    mut handlers: JoinSet<()>,
+    tx: mpsc::Sender<Bytes>,
+    writer: &mut JoinHandle<std::io::Result<()>>,
+) -> Result<(), ServeError> {
+    let mut panicked = None;
+    while let Some(done) = handlers.join_next().await {
+        if let Err(e) = check_join(done) {
+            panicked.get_or_insert(e);
+        }
+    }
+    // The writer ends once every sender is gone.
+    drop(tx);
+    let written = match writer.await {
+        Ok(result) => result.map_err(ServeError::Io),
+        Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+    };
+    match panicked {
+        Some(e) => Err(e),
+        None => written,
+    }
+}
+
+/// Accepts connections on `listener` and serves each with [`serve_with`]
+/// until `shutdown` is cancelled; then lets every connection finish what is
+/// in flight and returns the sum of their stats. A connection that fails is
+/// logged and does not stop the others.
+pub async fn serve_listener(
+    listener: TcpListener,
+    backend: SharedBackend,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<ServeStats> {
+    let mut connections = JoinSet::new();
+    let mut total = ServeStats::default();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                add_connection(&mut total, done);
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Small frames must not wait for Nagle's algorithm.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!(%peer, error = %e, "could not set TCP_NODELAY");
+                }
+                tracing::debug!(%peer, "frpc connection accepted");
+                connections.spawn(serve_with(
+                    stream,
+                    backend.clone(),
+                    config.clone(),
+                    shutdown.child_token(),
+                ));
+            }
+            // Per-connection failures (e.g. the peer reset before accept)
+            // do not stop the listener; running out of descriptors would
+            // spin, so back off briefly.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    while let Some(done) = connections.join_next().await {
+        add_connection(&mut total, done);
+    }
+    Ok(total)
+}
+
+fn add_connection(total: &mut ServeStats, done: Result<Result<ServeStats, ServeError>, JoinError>) {
+    match done {
+        Ok(Ok(stats)) => *total += stats,
+        Ok(Err(e)) => tracing::warn!(error = %e, "frpc connection failed"),
+        Err(e) => tracing::warn!(error = %e, "frpc connection task failed"),
+    }
+}
+
+fn check_join(done: Result<(), JoinError>) -> Result<(), ServeError> {
+    match done {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_panic() => Err(ServeError::HandlerPanicked(e.to_string())),
+        // Only aborted by us, on the way out.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Collects finished handlers so the set does not grow with every request.
+fn reap(handlers: &mut JoinSet<()>) -> Result<(), ServeError> {
+    while let Some(done) = handlers.try_join_next() {
+        check_join(done)?;
+    }
+    Ok(())
+}
+
+async fn handle(
+    request: Request,
+    backend: SharedBackend,
+    replies: mpsc::Sender<Bytes>,
+    permit: OwnedSemaphorePermit,
+    counters: Arc<Counters>,
+    max_message: u32,
+) {
+    let reply = execute(&request, &*backend, max_message).await;
+    // A closed queue means the connection is going away; nobody to tell.
+    let _ = replies.send(reply).await;
+    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+}
+
+/// Runs one request against the backend and encodes its reply.
+async fn execute(request: &Request, backend: &dyn Backend, max_message: u32) -> Bytes {
+    let header = request.header;
+    let id = header.id;
+    let mut frame = BytesMut::new();
+    let outcome = match header.op {
+        Op::ReadAt => {
+            // Read straight into the reply frame: one allocation, no copy.
+            let len = header.length as usize;
+            frame.resize(ReplyHeader::LEN + len, 0);
+            match backend
+                .read_at(&mut frame[ReplyHeader::LEN..], header.offset)
+                .await
+            {
+                Ok(n) => {
+                    let n = n.min(len);
+                    frame.truncate(ReplyHeader::LEN + n);
+                    let mut head = &mut frame[..ReplyHeader::LEN];
+                    ReplyHeader {
+                        id,
+                        status: Status::Ok,
+                        length: n as u32,
+                    }
+                    .encode(&mut head);
+                    return frame.freeze();
+                }
+                Err(e) => {
+                    frame.clear();
+                    Err(e)
+                }
+            }
+        }
+        Op::WriteAt => backend
+            .write_at(&request.body, header.offset)
+            .await
+            .map(|()| Bytes::new()),
+        Op::Size => backend.size().await.map(|size| {
+            let mut body = BytesMut::with_capacity(8);
+            body.put_u64_le(size);
+            body.freeze()
+        }),
+        Op::Sync => backend.sync().await.map(|()| Bytes::new()),
+    };
+    match outcome {
+        Ok(body) => Reply::encode(&mut frame, id, Status::Ok, &body),
+        Err(e) => encode_backend_error(&mut frame, id, &e, max_message),
+    }
+    frame.freeze()
+}
+
+fn encode_backend_error(frame: &mut BytesMut, id: u64, err: &BackendError, max_message: u32) {
+    tracing::trace!(id, error = %err, "frpc request failed");
+    Reply::encode_error(frame, id, err, max_message);
+}
