@@ -1,1 +1,49 @@
-//! Network emulation: the in-process delay line, per-call delay, and (later) namespaces and the packet-level link.
+//! Network emulation for memsync-bench.
+//!
+//! This crate is the in-process part: delays applied inside the benchmark
+//! process, with no kernel involvement. Network namespaces and the
+//! packet-level link emulator come later and will live here too.
+//!
+//! # Layout
+//!
+//! - [`timer`]: a precise async sleep (sub-millisecond, never early) served
+//!   by one spinning thread, and histograms of how late it wakes.
+//! - [`delay_line`]: [`DelayLine`], a pair of connected byte streams where
+//!   every byte arrives a fixed one-way delay after it was written, with
+//!   many writes in flight at once.
+//! - [`per_call`]: [`PerCallDelay`], a backend wrapper that sleeps one RTT
+//!   before every call, the way the thesis emulated latency.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use netem::DelayLine;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let one_way = Duration::from_micros(500);
+//! let (mut near, mut far) = DelayLine::pair(one_way);
+//! let start = Instant::now();
+//! near.write_all(b"ping").await?;
+//! let mut buf = [0; 4];
+//! far.read_exact(&mut buf).await?;
+//! far.write_all(b"pong").await?;
+//! near.read_exact(&mut buf).await?;
+//! assert!(start.elapsed() >= 2 * one_way); // one RTT, never less
+//! println!("{:?}", netem::timer::lateness_snapshot().value_at_quantile(0.99));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Depends on `backends`; nothing in `impls/` depends on this crate, so the
+//! implementations under test never see how their link is emulated.
+
+pub mod delay_line;
+pub mod per_call;
+pub mod timer;
+
+pub use delay_line::{DelayLine, DelayStream, LinkStats};
+pub use per_call::PerCallDelay;
+pub use timer::{precise_sleep, precise_sleep_until, PreciseSleep};
