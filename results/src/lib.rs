@@ -1,1 +1,32 @@
-//! Result schema and writers: manifest, cell records, histograms, CSV summary.
+//! What a run produces, as data.
+//!
+//! A run directory (`results/runs/<utc-time>-<scenario>/`) holds:
+//!
+//! - `manifest.json`: the host, kernel, capabilities found, build, emulation
+//!   mode and the resolved scenario ([`Manifest`]); rewritten atomically when
+//!   the run ends with what only the end knows (emulator accuracy, counts).
+//! - `cells.jsonl`: one [`CellRecord`] per cell and repetition, appended and
+//!   flushed as each is measured, so a run that dies keeps what it measured.
+//! - `summary.csv`: one row per cell (repetitions folded), see [`summary`].
+//!
+//! Metric names follow DESIGN.md ("Metrics"); where QEMU's migration
+//! statistics have a counterpart, its name is used in snake case.
+//!
+//! # Layout
+//!
+//! - [`schema`]: the records.
+//! - [`histogram`]: HdrHistogram recording and its serialized summary.
+//! - [`writer`]: the run directory writer.
+//! - [`summary`]: folding repetitions into one row per cell, and the CSV.
+
+pub mod histogram;
+pub mod schema;
+pub mod summary;
+pub mod writer;
+
+pub use histogram::{HistogramRecord, LatencyHistogram};
+pub use schema::{
+    BuildInfo, CellRecord, CellStatus, EmulationInfo, HostInfo, Manifest, Metrics, SCHEMA_VERSION,
+};
+pub use summary::{summarize, SummaryRow};
+pub use writer::{read_cells, RunWriter, WriterError};
