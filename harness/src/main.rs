@@ -1,1 +1,193 @@
-fn main() {}
+//! `harness`: runs the memsync-bench scenarios and reports what it found.
+//!
+//! # Layout
+//!
+//! - [`scenario`]: scenario files, profiles, expansion into cells.
+//! - [`runner`]: runs cells, records them, summarizes.
+//! - [`implementations`]: the implementations under test.
+//! - [`workload`]: the application's access patterns and timing loop.
+//! - [`remote`]: the source side and the link to it.
+//! - [`emulation`]: how the network is made.
+//! - [`doctor`]: what the host offers.
+
+mod doctor;
+mod emulation;
+mod host;
+mod implementations;
+mod interrupt;
+mod placement;
+mod remote;
+mod runner;
+mod scenario;
+mod source;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Benchmarks and checks ways to keep a memory region in sync between two
+/// hosts: pull on fault (userfaultfd), NBD mounts, migration, and more, each
+/// under the same emulated network.
+#[derive(Debug, Parser)]
+#[command(name = "harness", version, propagate_version = true)]
+#[command(
+    after_help = "Start with `harness doctor`, then `harness scenario rtt-sweep --profile quick`."
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a scenario and write its results.
+    ///
+    /// Writes results/runs/<utc-time>-<scenario>/ with manifest.json (host,
+    /// build, capabilities, emulation), cells.jsonl (one record per cell and
+    /// repetition, written as measured) and summary.csv, then prints a table.
+    #[command(after_help = "Examples:\n  \
+        harness scenario rtt-sweep --profile quick\n  \
+        harness scenario rtt-sweep --emulation per-call   # RTT as a sleep per call, as the thesis did\n  \
+        harness scenario ./my-scenario.toml --out /tmp/runs")]
+    Scenario {
+        /// A built-in scenario name (see `harness list`) or a path to a .toml file.
+        name: String,
+        /// Size of the run: quick (CI, under two minutes), default (about
+        /// fifteen minutes at most), thesis (the full study).
+        #[arg(long, value_enum, default_value_t = Profile::Default)]
+        profile: Profile,
+        /// Directory the run directory is created in.
+        #[arg(long, default_value = "results/runs")]
+        out: PathBuf,
+        /// How the network is emulated; `auto` picks the most faithful mode available.
+        #[arg(long, value_enum, default_value_t = emulation::EmulationChoice::Auto)]
+        emulation: emulation::EmulationChoice,
+    },
+    /// List the built-in scenarios and the implementations.
+    List,
+    /// Show what this host offers (root, userfaultfd, FUSE, namespaces, netem, NBD...).
+    Doctor {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Profile {
+    Quick,
+    Default,
+    Thesis,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Quick => "quick",
+            Profile::Default => "default",
+            Profile::Thesis => "thesis",
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Scenario {
+            name,
+            profile,
+            out,
+            emulation,
+        } => {
+            let scenario = scenario::load(&name, profile.name())?;
+            let emulation = emulation::resolve(emulation).map_err(anyhow::Error::msg)?;
+            interrupt::install().context("installing the Ctrl-C handler")?;
+            let cells = scenario.cells();
+            eprintln!(
+                "scenario {} ({} profile): {} cells x {} repetitions, emulation {}, budget {} s per cell",
+                scenario.name,
+                scenario.profile,
+                cells.len(),
+                scenario.repetitions,
+                emulation,
+                scenario.cell_time_budget_s
+            );
+            let report = runner::run(&scenario, emulation, &out)?;
+            println!("{}", reports::summary_table(&report.rows));
+            for w in &report.warnings {
+                println!("warning: {w}");
+            }
+            println!("results: {}", report.dir.display());
+            let failed = report.rows.iter().any(|r| r.failed > 0);
+            if failed {
+                println!("some cells failed; their reasons are in cells.jsonl and summary.csv");
+            }
+            Ok(if report.interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::List => {
+            println!("scenarios (built in; run with `harness scenario NAME`):");
+            for name in scenario::built_in_names() {
+                let s = scenario::load(name, "default")?;
+                println!("  {name:<16} {}", s.description);
+            }
+            println!("\nimplementations:");
+            for d in implementations::ALL {
+                println!("  {:<16} {}", d.name, d.summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => {
+            let caps = doctor::probe_all();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&caps)?);
+            } else {
+                println!("{}", doctor::table(&caps));
+                let build = host::build_info();
+                match host::build_warning(&build) {
+                    Some(w) => println!("build: {w}"),
+                    None => println!(
+                        "build: profile {}, opt-level {}, fit for numbers",
+                        build.profile, build.opt_level
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

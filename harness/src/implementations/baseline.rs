@@ -1,0 +1,61 @@
+//! `baseline`: the region is local memory, no network. The reference every
+//! figure is read against.
+
+use std::time::Instant;
+
+use memmap2::MmapMut;
+use results::LatencyHistogram;
+
+use super::{verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
+use crate::workload::run_reads;
+
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: "baseline",
+    summary: "local anonymous memory holding the source bytes; no network, no faults to serve",
+    axes: &[Axis::Placement],
+    needs: &[],
+    run,
+};
+
+fn run(ctx: &CellContext) -> CellOutcome {
+    let spec = ctx.spec;
+    let size = spec.region_bytes as usize;
+    let setup_start = Instant::now();
+    // Setup is making the region usable: allocate and fill it, as a process
+    // that already has its memory would have.
+    let mut region = match MmapMut::map_anon(size) {
+        Ok(m) => m,
+        Err(e) => return CellOutcome::Failed(format!("mmap of {size} bytes: {e}")),
+    };
+    region.copy_from_slice(ctx.source.bytes());
+    let setup = setup_start.elapsed();
+
+    let workload = crate::placement::run_workload_placed(spec.placement, || {
+        run_reads(&region, ctx.order, spec.access_bytes as usize, ctx.deadline)
+    });
+    let workload = match workload {
+        Ok(w) => w,
+        Err(e) => return CellOutcome::Failed(e),
+    };
+    let whole = spec.workload.covers_region() && !workload.truncated;
+    let (integrity, integrity_scope) = verify(
+        &region,
+        &ctx.source,
+        ctx.order,
+        workload.accesses,
+        spec.access_bytes as usize,
+        whole,
+    );
+    CellOutcome::Measured(Box::new(Measured {
+        setup,
+        workload,
+        integrity,
+        integrity_scope,
+        // Nothing faults here: the region is local and already populated.
+        fault_latency: LatencyHistogram::new(),
+        faults: Some(0),
+        transferred_bytes: Some(0),
+        handler_cpus: Default::default(),
+        emulator_error: None,
+    }))
+}

@@ -1,0 +1,139 @@
+//! The implementations under test: one way each of making a region on the
+//! destination reflect the source.
+//!
+//! Each is a [`Descriptor`]: its name, the axes it varies over, the host
+//! capabilities it needs, and the function that runs one cell of it.
+
+mod baseline;
+mod uffd_pull;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use results::LatencyHistogram;
+
+use crate::emulation::Emulation;
+use crate::scenario::CellSpec;
+use crate::source::SourceImage;
+use crate::workload::WorkloadOutcome;
+
+/// An axis an implementation's result depends on. Axes it ignores are not
+/// expanded for it (baseline does not run once per RTT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    Rtt,
+    ChunkSize,
+    Placement,
+}
+
+/// One implementation.
+#[derive(Debug)]
+pub struct Descriptor {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Axes besides region size and workload, which every implementation uses.
+    pub axes: &'static [Axis],
+    /// Capabilities (as `harness doctor` names them) without which a cell
+    /// is skipped.
+    pub needs: &'static [&'static str],
+    pub run: fn(&CellContext) -> CellOutcome,
+}
+
+impl PartialEq for Descriptor {
+    /// Names are unique, so they identify a descriptor.
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// Every implementation, in the order `harness list` shows them.
+pub static ALL: &[Descriptor] = &[baseline::DESCRIPTOR, uffd_pull::DESCRIPTOR];
+
+/// The implementation named `name`.
+pub fn find(name: &str) -> Option<&'static Descriptor> {
+    ALL.iter().find(|d| d.name == name)
+}
+
+/// Every implementation name.
+pub fn names() -> Vec<&'static str> {
+    ALL.iter().map(|d| d.name).collect()
+}
+
+/// What a cell gets to work with.
+#[derive(Debug)]
+pub struct CellContext<'a> {
+    pub spec: &'a CellSpec,
+    pub source: Arc<SourceImage>,
+    pub emulation: Emulation,
+    /// The order of the application's accesses.
+    pub order: &'a [u64],
+    /// When the cell's time budget runs out.
+    pub deadline: Instant,
+    pub runtime: &'a tokio::runtime::Runtime,
+}
+
+/// How much of the region the integrity check covered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntegrityScope {
+    /// SHA-256 of the whole destination region, compared with the source's.
+    Region { destination_sha256: String },
+    /// Every byte the application read, compared with the source (used
+    /// when the workload did not read the whole region).
+    AccessedBytes,
+}
+
+/// What a measured cell reports.
+#[derive(Debug)]
+pub struct Measured {
+    pub setup: Duration,
+    pub workload: WorkloadOutcome,
+    pub integrity: bool,
+    pub integrity_scope: IntegrityScope,
+    /// Per-fault (or per-request) service time; empty when nothing faulted.
+    pub fault_latency: LatencyHistogram,
+    pub faults: Option<u64>,
+    pub transferred_bytes: Option<u64>,
+    /// Where the fault handler ran: CPU -> faults.
+    pub handler_cpus: BTreeMap<String, u64>,
+    /// How late the emulator delivered, when one was in the path.
+    pub emulator_error: Option<LatencyHistogram>,
+}
+
+/// How a cell ended.
+#[derive(Debug)]
+pub enum CellOutcome {
+    Measured(Box<Measured>),
+    Skipped(String),
+    Failed(String),
+}
+
+/// Checks what the application read against the source: a full SHA-256
+/// comparison when the whole region was read, byte comparison of the
+/// accessed ranges otherwise.
+pub fn verify(
+    region: &[u8],
+    source: &SourceImage,
+    order: &[u64],
+    accesses_done: usize,
+    access_bytes: usize,
+    whole_region_read: bool,
+) -> (bool, IntegrityScope) {
+    if whole_region_read {
+        let digest = crate::source::sha256_hex(region);
+        let ok = digest == source.sha256;
+        (
+            ok,
+            IntegrityScope::Region {
+                destination_sha256: digest,
+            },
+        )
+    } else {
+        let src = source.bytes();
+        let ok = order[..accesses_done].iter().all(|&off| {
+            let at = off as usize;
+            region[at..at + access_bytes] == src[at..at + access_bytes]
+        });
+        (ok, IntegrityScope::AccessedBytes)
+    }
+}

@@ -1,0 +1,116 @@
+//! `uffd`: post-copy pull on fault (thesis 3.1, 4.1). The destination region
+//! is registered with userfaultfd; each missing chunk is fetched from the
+//! remote on first touch and installed with `UFFDIO_COPY`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use backends::BlockingBackend;
+use results::LatencyHistogram;
+use uffd::{UffdConfig, UffdError, UffdRegion};
+
+use super::{verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
+use crate::placement::{handler_cpu, run_workload_placed};
+use crate::remote::RemoteLink;
+use crate::workload::run_reads;
+
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: "uffd",
+    summary: "post-copy: userfaultfd MISSING faults, each chunk fetched from the remote and installed with UFFDIO_COPY",
+    axes: &[Axis::Rtt, Axis::ChunkSize, Axis::Placement],
+    // Not listed as a hard need: the region itself tries every way to get a
+    // userfaultfd and reports the kernel's reason when none works.
+    needs: &[],
+    run,
+};
+
+fn run(ctx: &CellContext) -> CellOutcome {
+    let spec = ctx.spec;
+    let rtt = Duration::from_secs_f64(spec.rtt_ms.unwrap_or(0.0) / 1e3);
+    // Cells run one at a time, so the timer's record from here on is this cell's.
+    netem::timer::reset_lateness();
+
+    // Setup: connect to the remote, learn the region's size from it (one
+    // round trip, as a real destination must), map and register the region.
+    let setup_start = Instant::now();
+    let link = {
+        let _guard = ctx.runtime.enter();
+        RemoteLink::open(ctx.source.backend.clone(), ctx.emulation, rtt)
+    };
+    let remote = link.client();
+    let size = match ctx.runtime.block_on(remote.size()) {
+        Ok(s) => s,
+        Err(e) => return CellOutcome::Failed(format!("asking the remote for its size: {e}")),
+    };
+    if size != spec.region_bytes {
+        return CellOutcome::Failed(format!(
+            "the remote serves {size} bytes, the cell expects {}",
+            spec.region_bytes
+        ));
+    }
+    let config = UffdConfig {
+        handler_cpu: handler_cpu(spec.placement),
+        ..UffdConfig::new(size as usize, spec.chunk_bytes as usize)
+    };
+    let source = BlockingBackend::new(remote, ctx.runtime.handle().clone());
+    let region = match UffdRegion::open(config, source) {
+        Ok(r) => r,
+        Err(UffdError::Unavailable { reason }) => {
+            return CellOutcome::Skipped(format!("userfaultfd is unavailable: {reason}"))
+        }
+        Err(e) => return CellOutcome::Failed(format!("opening the userfaultfd region: {e}")),
+    };
+    let setup = setup_start.elapsed();
+
+    let access = spec.access_bytes as usize;
+    let workload = match run_workload_placed(spec.placement, || {
+        run_reads(region.as_slice(), ctx.order, access, ctx.deadline)
+    }) {
+        Ok(w) => w,
+        Err(e) => return CellOutcome::Failed(e),
+    };
+    let whole = spec.workload.covers_region() && !workload.truncated;
+    let (integrity, integrity_scope) = verify(
+        region.as_slice(),
+        &ctx.source,
+        ctx.order,
+        workload.accesses,
+        access,
+        whole,
+    );
+    let handler_error = region.error();
+    let stats = region.stats();
+    drop(region);
+    let transferred = link.transferred_bytes();
+    if let Err(e) = ctx.runtime.block_on(link.close()) {
+        return CellOutcome::Failed(e);
+    }
+    if let Some(e) = handler_error {
+        return CellOutcome::Failed(format!("the fault handler failed: {e}"));
+    }
+
+    let mut fault_latency = LatencyHistogram::new();
+    fault_latency.merge(&stats.service_ns);
+    let handler_cpus: BTreeMap<String, u64> = stats
+        .faults_by_cpu
+        .iter()
+        .map(|(cpu, n)| (cpu.to_string(), *n))
+        .collect();
+    let mut emulator_error = None;
+    if !rtt.is_zero() {
+        let mut h = LatencyHistogram::new();
+        h.merge(&netem::timer::lateness_snapshot());
+        emulator_error = Some(h);
+    }
+    CellOutcome::Measured(Box::new(Measured {
+        setup,
+        workload,
+        integrity,
+        integrity_scope,
+        fault_latency,
+        faults: Some(stats.faults),
+        transferred_bytes: Some(transferred),
+        handler_cpus,
+        emulator_error,
+    }))
+}

@@ -1,0 +1,311 @@
+//! Runs a scenario: expands the cells, runs each repetition, records as it
+//! goes, and summarizes.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use results::schema::Capability;
+use results::{
+    CellRecord, CellStatus, EmulationInfo, LatencyHistogram, Manifest, Metrics, RunWriter,
+    SummaryRow, SCHEMA_VERSION,
+};
+
+use crate::emulation::Emulation;
+use crate::implementations::{CellContext, CellOutcome, IntegrityScope, Measured};
+use crate::scenario::{CellSpec, Scenario};
+use crate::source::SourceCache;
+
+/// What a finished run leaves behind.
+#[derive(Debug)]
+pub struct RunReport {
+    pub dir: PathBuf,
+    pub rows: Vec<SummaryRow>,
+    pub interrupted: bool,
+    pub warnings: Vec<String>,
+}
+
+fn utc_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Runs `scenario` under `emulation`, writing into a new directory below `out`.
+pub fn run(scenario: &Scenario, emulation: Emulation, out: &Path) -> anyhow::Result<RunReport> {
+    let started = chrono::Utc::now();
+    let run_id = format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), scenario.name);
+    let dir = out.join(&run_id);
+    let cells = scenario.cells();
+    let total = cells.len() * scenario.repetitions as usize;
+
+    let capabilities = crate::doctor::probe_all();
+    let build = crate::host::build_info();
+    let mut warnings: Vec<String> = crate::host::build_warning(&build).into_iter().collect();
+    if crate::host::cpu_count() < 2 {
+        warnings.push("a single CPU: the workload and the fault handler share it".into());
+    }
+    let manifest = Manifest {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        scenario: scenario.name.clone(),
+        profile: scenario.profile.clone(),
+        started_at: utc_now(),
+        finished_at: None,
+        host: crate::host::host_info(),
+        build,
+        capabilities: capabilities.clone(),
+        emulation: EmulationInfo {
+            mode: emulation.name().into(),
+            emulator: emulation.emulator().into(),
+            accuracy: None,
+        },
+        scenario_resolved: serde_json::to_value(scenario).context("encoding the scenario")?,
+        cells_planned: total,
+        cells_recorded: 0,
+        warnings: warnings.clone(),
+    };
+    let mut writer = RunWriter::create(&dir, manifest)
+        .with_context(|| format!("creating the run directory under {}", out.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("remote-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+
+    let progress = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} cell {pos}/{len} [{elapsed_precise}, ETA {eta}] {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut sources = SourceCache::new(scenario.seed);
+    let mut emulator_error = LatencyHistogram::new();
+    let mut interrupted = false;
+
+    'cells: for spec in &cells {
+        let cell_id = spec.cell_id(&scenario.name);
+        for repetition in 0..scenario.repetitions {
+            if crate::interrupt::requested() {
+                interrupted = true;
+                break 'cells;
+            }
+            progress.set_message(format!("{cell_id} rep {}", repetition + 1));
+            let record = run_cell(
+                scenario,
+                spec,
+                &cell_id,
+                repetition,
+                emulation,
+                &capabilities,
+                &mut sources,
+                &runtime,
+                &mut emulator_error,
+            );
+            tracing::info!(cell = %cell_id, repetition, status = ?record.status, reason = ?record.reason, "cell done");
+            writer.append(record).context("recording a cell")?;
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    runtime.shutdown_timeout(Duration::from_secs(5));
+
+    if interrupted {
+        warnings.push(format!(
+            "interrupted by Ctrl-C after {} of {total} cell repetitions",
+            writer.records().len()
+        ));
+    }
+    let m = writer.manifest_mut();
+    m.warnings = warnings.clone();
+    if !emulator_error.is_empty() {
+        m.emulation.accuracy = Some(emulator_error.to_record("ns"));
+    }
+    let rows = results::summarize(writer.records());
+    let dir = writer
+        .finish(utc_now())
+        .context("finishing the run directory")?;
+    Ok(RunReport {
+        dir,
+        rows,
+        interrupted,
+        warnings,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_cell(
+    scenario: &Scenario,
+    spec: &CellSpec,
+    cell_id: &str,
+    repetition: u32,
+    emulation: Emulation,
+    capabilities: &[Capability],
+    sources: &mut SourceCache,
+    runtime: &tokio::runtime::Runtime,
+    emulator_error: &mut LatencyHistogram,
+) -> CellRecord {
+    let started_at = utc_now();
+    let start = Instant::now();
+    let imp = spec.implementation;
+    let mut record = CellRecord {
+        cell_id: cell_id.to_owned(),
+        scenario: scenario.name.clone(),
+        implementation: imp.name.to_owned(),
+        transport: spec.rtt_ms.map(|_| "frpc".to_owned()),
+        emulation: if spec.rtt_ms.is_some() {
+            emulation.name()
+        } else {
+            "none"
+        }
+        .to_owned(),
+        params: spec.params(),
+        repetition,
+        status: CellStatus::Skipped,
+        reason: None,
+        started_at,
+        wall_ms: 0.0,
+        metrics: Metrics::default(),
+        histograms: BTreeMap::new(),
+        placement: BTreeMap::new(),
+        source_sha256: None,
+        destination_sha256: None,
+    };
+
+    if let Some(missing) = imp
+        .needs
+        .iter()
+        .find_map(|need| capabilities.iter().find(|c| c.name == *need && !c.present))
+    {
+        record.reason = Some(format!("{} is absent: {}", missing.name, missing.detail));
+        return record;
+    }
+
+    let source = sources.get(spec.region_bytes);
+    record.source_sha256 = Some(source.sha256.clone());
+    let order = crate::workload::access_order(
+        spec.workload,
+        spec.region_bytes,
+        spec.access_bytes,
+        scenario.seed,
+    );
+    let ctx = CellContext {
+        spec,
+        source,
+        emulation,
+        order: &order,
+        deadline: start + Duration::from_secs_f64(scenario.cell_time_budget_s),
+        runtime,
+    };
+    let cpu_before = crate::host::process_cpu_seconds();
+    let outcome = catch_unwind(AssertUnwindSafe(|| (imp.run)(&ctx))).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        CellOutcome::Failed(format!("the implementation panicked: {msg}"))
+    });
+    let cpu_s = crate::host::process_cpu_seconds() - cpu_before;
+
+    match outcome {
+        CellOutcome::Skipped(why) => record.reason = Some(why),
+        CellOutcome::Failed(why) => {
+            record.status = CellStatus::Failed;
+            record.reason = Some(why);
+        }
+        CellOutcome::Measured(m) => {
+            fill_measured(
+                &mut record,
+                *m,
+                order.len(),
+                scenario.cell_time_budget_s,
+                spec,
+                cpu_s,
+            );
+            if let Some(h) = record
+                .histograms
+                .get("emulator_error_ns")
+                .and_then(|r| r.decode())
+            {
+                emulator_error.merge(&h);
+            }
+        }
+    }
+    record.wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    record
+}
+
+fn fill_measured(
+    record: &mut CellRecord,
+    m: Measured,
+    planned_accesses: usize,
+    budget_s: f64,
+    spec: &CellSpec,
+    cpu_s: f64,
+) {
+    let w = &m.workload;
+    let secs = w.elapsed.as_secs_f64();
+    record.metrics = Metrics {
+        setup_ms: Some(m.setup.as_secs_f64() * 1e3),
+        first_chunk_latency_us: w.first_access.map(|d| d.as_secs_f64() * 1e6),
+        read_throughput_mib_s: (secs > 0.0 && w.bytes_read > 0)
+            .then(|| w.bytes_read as f64 / (1024.0 * 1024.0) / secs),
+        bytes_read: Some(w.bytes_read),
+        transferred_bytes: m.transferred_bytes,
+        transfer_amplification: m
+            .transferred_bytes
+            .map(|t| t as f64 / spec.region_bytes as f64),
+        faults: m.faults,
+        cpu_s: Some(cpu_s),
+        total_ms: Some((m.setup + w.elapsed).as_secs_f64() * 1e3),
+        integrity: Some(m.integrity),
+    };
+    record
+        .histograms
+        .insert("fault_latency_ns".into(), m.fault_latency.to_record("ns"));
+    record
+        .histograms
+        .insert("access_latency_ns".into(), w.latency.to_record("ns"));
+    if let Some(e) = &m.emulator_error {
+        record
+            .histograms
+            .insert("emulator_error_ns".into(), e.to_record("ns"));
+    }
+    record.placement.insert("workload".into(), w.cpus.clone());
+    if !m.handler_cpus.is_empty() {
+        record
+            .placement
+            .insert("handler".into(), m.handler_cpus.clone());
+    }
+    let scope = match &m.integrity_scope {
+        IntegrityScope::Region { destination_sha256 } => {
+            record.destination_sha256 = Some(destination_sha256.clone());
+            "the whole region (SHA-256)"
+        }
+        IntegrityScope::AccessedBytes => "the bytes the workload read",
+    };
+    if !m.integrity {
+        record.status = CellStatus::Failed;
+        record.reason = Some(format!(
+            "integrity check failed: the destination differs from the source over {scope}"
+        ));
+    } else if w.truncated {
+        record.status = CellStatus::Truncated;
+        record.reason = Some(format!(
+            "stopped after {} of {planned_accesses} accesses ({}); integrity checked over {scope}",
+            w.accesses,
+            if crate::interrupt::requested() {
+                "interrupted".to_string()
+            } else {
+                format!("time budget of {budget_s} s reached")
+            }
+        ));
+    } else {
+        record.status = CellStatus::Ok;
+    }
+}

@@ -1,0 +1,304 @@
+//! End-to-end tests of the `harness` binary: the commands users type, on
+//! small scenarios, checking what lands on disk.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn harness() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the harness binary runs");
+    if !out.status.success() {
+        eprintln!(
+            "stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+const TINY: &str = r#"
+name = "tiny"
+description = "two implementations, two RTTs, a region of 1 MiB"
+implementations = ["baseline", "uffd"]
+repetitions = 1
+cell_time_budget_s = 30
+access_kib = 4
+seed = 9
+[axes]
+rtt_ms = [0, 2]
+region_mib = [1]
+chunk_kib = [64]
+workload = ["sequential", "zipfian"]
+"#;
+
+fn write_scenario(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("tiny.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// The one run directory below `out`.
+fn run_dir(out: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "expected one run directory in {}",
+        out.display()
+    );
+    dirs.pop().unwrap()
+}
+
+fn cells(dir: &Path) -> Vec<Value> {
+    fs::read_to_string(dir.join("cells.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn list_names_scenarios_and_implementations() {
+    let out = run(harness().arg("list"));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["rtt-sweep", "baseline", "uffd"] {
+        assert!(text.contains(needle), "`list` lacks {needle}: {text}");
+    }
+}
+
+#[test]
+fn doctor_reports_every_capability_as_json() {
+    let out = run(harness().args(["doctor", "--json"]));
+    assert!(out.status.success());
+    let caps: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = caps.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for needed in [
+        "root",
+        "userfaultfd",
+        "userfaultfd write-protect",
+        "FUSE",
+        "network namespaces",
+        "veth",
+        "TUN",
+        "kernel netem",
+        "kernel NBD client",
+        "tbf qdisc",
+    ] {
+        assert!(names.contains(&needed), "doctor lacks {needed}: {names:?}");
+    }
+    let root = caps.iter().find(|c| c["name"] == "root").unwrap();
+    assert_eq!(root["present"].as_bool().unwrap(), is_root());
+}
+
+#[test]
+fn tiny_scenario_writes_intact_cells_manifest_and_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(tmp.path(), TINY);
+    let out_dir = tmp.path().join("runs");
+    let out = run(harness()
+        .args(["scenario", scenario.to_str().unwrap(), "--out"])
+        .arg(&out_dir));
+    assert!(out.status.success());
+    let dir = run_dir(&out_dir);
+
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["scenario"], "tiny");
+    assert_eq!(manifest["emulation"]["mode"], "inproc");
+    assert!(manifest["finished_at"].is_string());
+    assert!(manifest["build"]["opt_level"].is_string());
+    // baseline: 2 workloads; uffd: 2 workloads x 2 RTTs.
+    assert_eq!(manifest["cells_planned"], 6);
+    assert_eq!(manifest["cells_recorded"], 6);
+
+    let cells = cells(&dir);
+    assert_eq!(cells.len(), 6);
+    for c in &cells {
+        let id = c["cell_id"].as_str().unwrap();
+        let status = c["status"].as_str().unwrap();
+        if status == "skipped" {
+            // Only uffd may be skipped, and only with the kernel's reason.
+            assert_eq!(c["implementation"], "uffd", "{id} skipped");
+            assert!(c["reason"].as_str().unwrap().contains("userfaultfd"), "{c}");
+            assert!(!is_root(), "uffd must run as root: {c}");
+            continue;
+        }
+        assert_eq!(status, "ok", "{id}: {c}");
+        assert_eq!(c["metrics"]["integrity"], true, "{id}");
+        for m in [
+            "setup_ms",
+            "first_chunk_latency_us",
+            "read_throughput_mib_s",
+        ] {
+            assert!(c["metrics"][m].as_f64().unwrap() > 0.0, "{id}: {m}");
+        }
+        let faults = &c["histograms"]["fault_latency_ns"];
+        assert!(
+            faults["hdr_v2_base64"].is_string(),
+            "{id}: no fault histogram"
+        );
+        if c["implementation"] == "uffd" && c["params"]["workload"] == "sequential" {
+            // 1 MiB in 64 KiB chunks: exactly 16 chunks installed, one fault each.
+            assert_eq!(faults["count"], 16, "{id}");
+            assert!(c["destination_sha256"] == c["source_sha256"], "{id}");
+            let rtt_ms = c["params"]["rtt_ms"].as_f64().unwrap();
+            // Each fault waits at least one round trip.
+            assert!(
+                faults["min"].as_f64().unwrap() >= rtt_ms * 1e6,
+                "{id}: {faults}"
+            );
+        }
+        if c["implementation"] == "baseline" {
+            assert_eq!(faults["count"], 0, "baseline cannot fault: {id}");
+            assert!(
+                c["params"].get("rtt_ms").is_none(),
+                "baseline expanded over RTT"
+            );
+        }
+    }
+    let summary = fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert_eq!(summary.lines().count(), 7, "{summary}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("first chunk us"),
+        "no summary table: {stdout}"
+    );
+}
+
+#[test]
+fn per_call_emulation_is_recorded_and_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace(
+            "implementations = [\"baseline\", \"uffd\"]",
+            "implementations = [\"uffd\"]",
+        )
+        .replace(
+            "workload = [\"sequential\", \"zipfian\"]",
+            "workload = [\"random\"]",
+        )
+        .replace("rtt_ms = [0, 2]", "rtt_ms = [1]");
+    let scenario = write_scenario(tmp.path(), &text);
+    let out_dir = tmp.path().join("runs");
+    let out = run(harness()
+        .args([
+            "scenario",
+            scenario.to_str().unwrap(),
+            "--emulation",
+            "per-call",
+            "--out",
+        ])
+        .arg(&out_dir));
+    assert!(out.status.success());
+    let cells = cells(&run_dir(&out_dir));
+    assert_eq!(cells.len(), 1);
+    assert_eq!(cells[0]["emulation"], "per-call");
+    if cells[0]["status"] != "skipped" {
+        assert_eq!(cells[0]["status"], "ok", "{}", cells[0]);
+        assert_eq!(cells[0]["metrics"]["integrity"], true);
+    }
+}
+
+#[test]
+fn unavailable_emulation_mode_fails_naming_what_is_available() {
+    let out = run(harness().args(["scenario", "rtt-sweep", "--emulation", "kernel-netem"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kernel-netem") && err.contains("inproc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_scenario_names_file_key_and_allowed_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        tmp.path(),
+        &TINY.replace("chunk_kib = [64]", "chunk_kb = [64]"),
+    );
+    let out = run(harness().args(["scenario", scenario.to_str().unwrap()]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tiny.toml"), "{err}");
+    assert!(
+        err.contains("chunk_kb") && err.contains("chunk_kib"),
+        "{err}"
+    );
+
+    let out = run(harness().args(["scenario", "no-such-scenario"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-scenario") && err.contains("rtt-sweep"),
+        "{err}"
+    );
+}
+
+/// As an unprivileged user, uffd cells either run intact (user-mode-only
+/// faults) or are skipped with the kernel's reason; nothing fails.
+#[test]
+fn unprivileged_run_completes() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("skipping: needs root to switch to an unprivileged user");
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_harness"));
+    // The binary must be reachable by `nobody`: every directory above it
+    // must be searchable.
+    let reachable = bin.ancestors().skip(1).all(|d| {
+        fs::metadata(d)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    });
+    if !reachable {
+        eprintln!(
+            "skipping: {} is not reachable by other users",
+            bin.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let scenario = write_scenario(tmp.path(), TINY);
+    fs::set_permissions(&scenario, fs::Permissions::from_mode(0o644)).unwrap();
+    let out_dir = tmp.path().join("runs");
+    let nobody = 65534;
+    let out = run(Command::new(bin)
+        .args(["scenario", scenario.to_str().unwrap(), "--out"])
+        .arg(&out_dir)
+        .current_dir(tmp.path())
+        .uid(nobody)
+        .gid(nobody));
+    assert!(out.status.success());
+    let dir = run_dir(&out_dir);
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["host"]["is_root"], false);
+    for c in cells(&dir) {
+        match c["status"].as_str().unwrap() {
+            "ok" => assert_eq!(c["metrics"]["integrity"], true, "{c}"),
+            "skipped" => assert!(c["reason"].as_str().unwrap().contains("userfaultfd"), "{c}"),
+            other => panic!("unprivileged cell ended {other}: {c}"),
+        }
+    }
+}
