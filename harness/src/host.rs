@@ -105,7 +105,12 @@ pub fn build_info() -> BuildInfo {
     let debug_assertions = cfg!(debug_assertions);
     let (git_revision, git_dirty) = git_state(Path::new(env!("CARGO_MANIFEST_DIR")));
     BuildInfo {
-        profile: env!("MEMSYNC_BUILD_PROFILE").to_owned(),
+        // Cargo tells build scripts only "debug" or "release": the output
+        // directory, not the profile's name; "debug" is the dev profile.
+        profile: match env!("MEMSYNC_BUILD_PROFILE") {
+            "debug" => "dev".to_owned(),
+            other => other.to_owned(),
+        },
         fit_for_numbers: !debug_assertions && (opt_level == "3" || opt_level == "2"),
         opt_level,
         debug_assertions,

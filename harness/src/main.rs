@@ -9,6 +9,7 @@
 //! - [`remote`]: the source side and the link to it.
 //! - [`emulation`]: how the network is made.
 //! - [`doctor`]: what the host offers.
+//! - [`roles`]: parts of a cell that run as child processes.
 
 mod doctor;
 mod emulation;
@@ -17,6 +18,7 @@ mod implementations;
 mod interrupt;
 mod placement;
 mod remote;
+mod roles;
 mod runner;
 mod scenario;
 mod source;
@@ -71,12 +73,23 @@ enum Command {
     },
     /// List the built-in scenarios and the implementations.
     List,
+    /// Run one role of a cell (started by the runner; talks JSON lines on
+    /// stdin/stdout, so it also runs on another machine under ssh).
+    #[command(subcommand)]
+    Role(RoleCommand),
     /// Show what this host offers (root, userfaultfd, FUSE, namespaces, netem, NBD...).
     Doctor {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoleCommand {
+    /// Serve the source region over frpc on a TCP listener until stdin
+    /// says stop (or closes). Prints a `ready` line with the bound address.
+    RemoteBackend(roles::remote_backend::RemoteBackendArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,6 +183,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for d in implementations::ALL {
                 println!("  {:<16} {}", d.name, d.summary);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Role(RoleCommand::RemoteBackend(args)) => {
+            roles::remote_backend::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => {

@@ -302,3 +302,81 @@ fn unprivileged_run_completes() {
         }
     }
 }
+
+/// The remote backend role serves the seeded region over frpc and reports
+/// its counters when told to stop.
+#[test]
+fn remote_backend_role_serves_the_region_and_stops() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    use backends::Backend;
+    use sha2::{Digest, Sha256};
+
+    let size = 1u64 << 20;
+    let mut child = harness()
+        .args([
+            "role",
+            "remote-backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            "5",
+            "--size",
+        ])
+        .arg(size.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let addr = ready["addr"].as_str().unwrap().to_owned();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bytes = rt.block_on(async {
+        let client = transports::FrpcClient::connect(addr.as_str(), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(client.size().await.unwrap(), size);
+        let mut buf = vec![0u8; size as usize];
+        client.read_exact_at(&mut buf, 0).await.unwrap();
+        buf
+    });
+    let digest: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(ready["sha256"].as_str().unwrap(), digest);
+
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"{\"command\":\"stop\"}\n").unwrap();
+    let stopped: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(stopped["event"], "stopped", "{stopped}");
+    assert!(
+        stopped["serve"]["requests"].as_u64().unwrap() >= 2,
+        "{stopped}"
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn remote_backend_role_reports_a_bad_listen_address() {
+    let out = run(harness().args([
+        "role",
+        "remote-backend",
+        "--listen",
+        "192.0.2.1:0",
+        "--size",
+        "4096",
+        "--seed",
+        "1",
+    ]));
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("\"event\":\"error\"") && stdout.contains("192.0.2.1"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,107 @@
+//! `harness role remote-backend`: serves the source region over `frpc` on a
+//! TCP listener until told to stop.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use backends::SharedBackend;
+use tokio_util::sync::CancellationToken;
+use transports::server::{ServeConfig, ServeStats};
+
+use super::protocol::{RoleCommand, RoleEvent, ServeCounters, MAX_LINE};
+use crate::source::SourceImage;
+
+/// The role's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteBackendArgs {
+    /// Address to listen on (port 0 picks one; the role reports it).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Region size in bytes.
+    #[arg(long)]
+    pub size: u64,
+    /// Seed of the region's content (the runner derives the same bytes).
+    #[arg(long)]
+    pub seed: u64,
+}
+
+fn counters(s: ServeStats) -> ServeCounters {
+    ServeCounters {
+        requests: s.requests,
+        bytes_received: s.bytes_received,
+        bytes_sent: s.bytes_sent,
+        peak_in_flight: s.peak_in_flight,
+    }
+}
+
+fn emit(event: &RoleEvent) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, event)?;
+    out.write_all(b"\n")?;
+    out.flush().context("writing to the runner")
+}
+
+/// Runs the role; reports a failure as an `error` event as well.
+pub fn run(args: RemoteBackendArgs) -> anyhow::Result<()> {
+    let result = serve(args);
+    if let Err(e) = &result {
+        let _ = emit(&RoleEvent::Error {
+            message: format!("{e:#}"),
+        });
+    }
+    result
+}
+
+fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let image = SourceImage::new(args.size, args.seed);
+    let backend: SharedBackend = image.backend.clone();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let shutdown = CancellationToken::new();
+    let server = runtime.spawn(transports::server::serve_listener(
+        listener,
+        backend,
+        ServeConfig::default(),
+        shutdown.clone(),
+    ));
+    emit(&RoleEvent::Ready {
+        addr: addr.to_string(),
+        size: args.size,
+        sha256: image.sha256.clone(),
+    })?;
+
+    // Commands arrive on stdin; its end (the runner went away) means stop.
+    let stdin = std::io::stdin().lock();
+    for line in stdin.split(b'\n') {
+        let line = line.context("reading commands")?;
+        if line.len() > MAX_LINE {
+            anyhow::bail!("a command line of {} bytes exceeds {MAX_LINE}", line.len());
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let command: RoleCommand = serde_json::from_slice(&line)
+            .with_context(|| format!("bad command {:?}", String::from_utf8_lossy(&line)))?;
+        match command {
+            RoleCommand::Stop => break,
+        }
+    }
+    shutdown.cancel();
+    let stats = runtime
+        .block_on(server)
+        .context("the server task failed")?
+        .context("serving")?;
+    emit(&RoleEvent::Stopped {
+        serve: counters(stats),
+        cpu_s: crate::host::process_cpu_seconds(),
+    })?;
+    Ok(())
+}
