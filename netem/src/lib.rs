@@ -1,8 +1,8 @@
 //! Network emulation for memsync-bench.
 //!
-//! This crate is the in-process part: delays applied inside the benchmark
-//! process, with no kernel involvement. Network namespaces and the
-//! packet-level link emulator come later and will live here too.
+//! Two families: in-process delays (a delay line on a byte stream, a sleep
+//! per call), and the packet level: network namespaces joined through a
+//! user-space relay that delays, drops and rate-limits every frame.
 //!
 //! # Layout
 //!
@@ -13,6 +13,11 @@
 //!   many writes in flight at once.
 //! - [`per_call`]: [`PerCallDelay`], a backend wrapper that sleeps one RTT
 //!   before every call, the way the thesis emulated latency.
+//! - [`topology`]: [`Topology`], a run's namespaces (`src`, `dst`, and the
+//!   relay's `link`), owned and removed on drop; `cleanup` for leftovers.
+//! - [`link`]: the packet relay between two interfaces: loss, drop-tail
+//!   queue, rate, delay and jitter per direction, with counters and its
+//!   departure error.
 //!
 //! # Example
 //!
@@ -41,9 +46,12 @@
 //! implementations under test never see how their link is emulated.
 
 pub mod delay_line;
+pub mod link;
 pub mod per_call;
 pub mod timer;
+pub mod topology;
 
 pub use delay_line::{DelayLine, DelayStream, LinkStats};
 pub use per_call::PerCallDelay;
 pub use timer::{precise_sleep, precise_sleep_until, PreciseSleep};
+pub use topology::{Layout, NetNs, Topology, TopologyError};
