@@ -27,6 +27,10 @@ pub enum Emulation {
     Inproc,
     /// The remote sleeps one RTT in every call; the stream itself is not delayed.
     PerCall,
+    /// The remote backend runs as a process in the `src` namespace; every
+    /// packet to and from `dst` crosses the project's relay, delayed RTT/2
+    /// each way.
+    UserspaceLink,
 }
 
 impl Emulation {
@@ -35,6 +39,7 @@ impl Emulation {
         match self {
             Emulation::Inproc => "inproc",
             Emulation::PerCall => "per-call",
+            Emulation::UserspaceLink => "userspace-link",
         }
     }
 
@@ -48,6 +53,10 @@ impl Emulation {
             Emulation::PerCall => {
                 "a sleep of one RTT inside every remote backend call (the thesis's method); \
                  calls do not overlap their delays with each other's transfer"
+            }
+            Emulation::UserspaceLink => {
+                "packet relay on AF_PACKET sockets in a third network namespace between src and dst \
+                 (offloads off), RTT/2 propagation delay per direction from a sleep-then-spin timer"
             }
         }
     }
@@ -64,13 +73,16 @@ pub fn resolve(choice: EmulationChoice) -> Result<Emulation, String> {
     match choice {
         EmulationChoice::Auto | EmulationChoice::Inproc => Ok(Emulation::Inproc),
         EmulationChoice::PerCall => Ok(Emulation::PerCall),
-        EmulationChoice::UserspaceLink | EmulationChoice::KernelNetem => Err(format!(
-            "emulation mode `{}` is not built yet (it comes with the network-emulation work: \
-             namespaces and a packet-level link); modes available now: inproc, per-call",
-            choice
-                .to_possible_value()
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default()
-        )),
+        EmulationChoice::UserspaceLink if crate::host::is_root() => Ok(Emulation::UserspaceLink),
+        EmulationChoice::UserspaceLink => Err(
+            "emulation mode `userspace-link` needs root (it creates network namespaces); \
+             modes available without root: inproc, per-call"
+                .into(),
+        ),
+        EmulationChoice::KernelNetem => Err(
+            "emulation mode `kernel-netem` is not built yet; modes available: inproc, per-call, \
+             userspace-link (as root)"
+                .into(),
+        ),
     }
 }

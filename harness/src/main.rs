@@ -16,6 +16,7 @@ mod emulation;
 mod host;
 mod implementations;
 mod interrupt;
+mod network;
 mod placement;
 mod remote;
 mod roles;
@@ -77,6 +78,9 @@ enum Command {
     /// stdin/stdout, so it also runs on another machine under ssh).
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Remove what a killed run left behind: every network namespace and
+    /// veth named with the project's prefix (`msb-`), and nothing else.
+    Cleanup,
     /// Show what this host offers (root, userfaultfd, FUSE, namespaces, netem, NBD...).
     Doctor {
         /// Print JSON instead of a table.
@@ -187,6 +191,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Role(RoleCommand::RemoteBackend(args)) => {
             roles::remote_backend::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup => {
+            let left =
+                netem::topology::leftovers(netem::topology::PREFIX).context("listing leftovers")?;
+            if left.is_empty() {
+                println!(
+                    "nothing to remove: no namespace or veth named {}*",
+                    netem::topology::PREFIX
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report =
+                netem::topology::cleanup(netem::topology::PREFIX).context("cleaning up")?;
+            for ns in &report.namespaces {
+                println!("removed namespace {ns}");
+            }
+            for link in &report.links {
+                println!("removed veth {link}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => {

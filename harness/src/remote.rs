@@ -17,18 +17,40 @@ use tokio::task::JoinHandle;
 use transports::server::{ServeError, ServeStats};
 use transports::FrpcClient;
 
+use netem::link::{DirectionConfig, LinkConfig, Relay};
+
 use crate::emulation::Emulation;
+use crate::network::Namespaces;
+use crate::roles::child::RoleProcess;
+use crate::roles::protocol::RoleEvent;
+use crate::source::SourceImage;
 
 /// Bytes buffered in each direction of an undelayed in-process stream.
 const DIRECT_BUFFER: usize = 4 << 20;
 
-/// A running link: the destination's client and the serving task.
+/// Who serves the source, and what carries the bytes.
+#[derive(Debug)]
+enum Server {
+    /// A task of this process, over an in-process stream.
+    Task(JoinHandle<Result<ServeStats, ServeError>>),
+    /// A `remote-backend` role process in the `src` namespace, reached
+    /// through the packet relay.
+    Role {
+        role: Box<RoleProcess>,
+        relay: Relay,
+    },
+}
+
+/// A running link: the destination's client and the server behind it.
 #[derive(Debug)]
 pub struct RemoteLink {
     client: Arc<FrpcClient>,
     guarded: SharedBackend,
-    server: JoinHandle<Result<ServeStats, ServeError>>,
+    server: Server,
 }
+
+/// How long a role may take to start serving (it generates the region).
+const ROLE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long one remote call may take before it fails: generous against
 /// scheduling noise, yet bounded, so a link that stops answering turns into
@@ -85,23 +107,98 @@ where
 {
     let max_message = transports::wire::DEFAULT_MAX_MESSAGE;
     let server = tokio::spawn(transports::server::serve(server_end, served, max_message));
-    let client = Arc::new(FrpcClient::new(client_end));
-    let guarded = Arc::new(CallTimeout {
-        inner: client.clone(),
-        limit: call_timeout(rtt),
-    });
-    RemoteLink {
-        client,
-        guarded,
-        server,
-    }
+    RemoteLink::with_client(FrpcClient::new(client_end), Server::Task(server), rtt)
 }
 
 impl RemoteLink {
-    /// Serves `source` and connects a client to it across `emulation` at
-    /// `rtt`. Must be called inside the runtime that will drive the link.
-    pub fn open(source: SharedBackend, emulation: Emulation, rtt: Duration) -> Self {
-        match emulation {
+    fn with_client(client: FrpcClient, server: Server, rtt: Duration) -> Self {
+        let client = Arc::new(client);
+        let guarded = Arc::new(CallTimeout {
+            inner: client.clone(),
+            limit: call_timeout(rtt),
+        });
+        RemoteLink {
+            client,
+            guarded,
+            server,
+        }
+    }
+
+    /// Starts the packet relay at `rtt`, a remote backend role serving
+    /// `image` in the `src` namespace, and connects to it from the `dst`
+    /// namespace. Must be called inside the runtime that will drive the link.
+    fn open_namespaced(
+        net: &Namespaces,
+        image: &SourceImage,
+        rtt: Duration,
+    ) -> Result<Self, String> {
+        let topo = &net.topology;
+        let (Some(if_src), Some(if_dst)) = (topo.link_src_if(), topo.link_dst_if()) else {
+            return Err("the topology has no relayed link".into());
+        };
+        let config = LinkConfig::symmetric(DirectionConfig::with_delay(rtt / 2));
+        let relay = Relay::start_in(&net.link, if_src, if_dst, config)
+            .map_err(|e| format!("starting the packet relay: {e}"))?;
+
+        let exe =
+            std::env::current_exe().map_err(|e| format!("finding the harness binary: {e}"))?;
+        let mut command = net.src.command(exe);
+        command.args(["role", "remote-backend", "--listen"]);
+        command.arg(format!("{}:0", topo.src_addr()));
+        command.args(["--size", &image.bytes().len().to_string()]);
+        command.args(["--seed", &image.seed.to_string()]);
+        let mut role = RoleProcess::spawn("remote-backend", command).map_err(|e| e.to_string())?;
+        let addr = match role
+            .next_event(ROLE_READY_TIMEOUT)
+            .map_err(|e| e.to_string())?
+        {
+            RoleEvent::Ready { addr, sha256, .. } if sha256 == image.sha256 => addr,
+            RoleEvent::Ready { sha256, .. } => {
+                return Err(format!(
+                    "the remote backend role serves content {sha256}, expected {}",
+                    image.sha256
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "the remote backend role sent {other:?} before `ready`"
+                ))
+            }
+        };
+        // The socket is created in `dst`, and keeps that namespace for life.
+        let stream = net
+            .dst
+            .run(move || -> std::io::Result<std::net::TcpStream> {
+                let s = std::net::TcpStream::connect(&addr)?;
+                s.set_nodelay(true)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .map_err(|e| format!("entering the dst namespace: {e}"))?
+            .map_err(|e| format!("connecting from dst to the remote backend: {e}"))?;
+        let stream = tokio::net::TcpStream::from_std(stream)
+            .map_err(|e| format!("registering the connection: {e}"))?;
+        Ok(Self::with_client(
+            FrpcClient::new(stream),
+            Server::Role {
+                role: Box::new(role),
+                relay,
+            },
+            rtt,
+        ))
+    }
+
+    /// Serves `image` and connects a client to it across `emulation` at
+    /// `rtt` (`net` holds the namespaces of the packet-level modes). Must be
+    /// called inside the runtime that will drive the link.
+    pub fn open(
+        image: &SourceImage,
+        emulation: Emulation,
+        net: Option<&Namespaces>,
+        rtt: Duration,
+    ) -> Result<Self, String> {
+        let source: SharedBackend = image.backend.clone();
+        Ok(match emulation {
             Emulation::Inproc if !rtt.is_zero() => {
                 let (server_end, client_end) = netem::DelayLine::pair(rtt / 2);
                 start(server_end, client_end, source, rtt)
@@ -115,7 +212,11 @@ impl RemoteLink {
                 let delayed: SharedBackend = Arc::new(netem::PerCallDelay::new(source, rtt));
                 start(server_end, client_end, delayed, rtt)
             }
-        }
+            Emulation::UserspaceLink => {
+                let net = net.ok_or("userspace-link needs the run's namespaces")?;
+                Self::open_namespaced(net, image, rtt)?
+            }
+        })
     }
 
     /// The destination's view of the source; every call is bounded by
@@ -124,22 +225,57 @@ impl RemoteLink {
         self.guarded.clone()
     }
 
-    /// Bytes that crossed the link so far, both directions.
+    /// Bytes that crossed the link so far, both directions: as the relay
+    /// counted them (whole frames) where there is one, else the stream's bytes.
     pub fn transferred_bytes(&self) -> u64 {
-        let s = self.client.stats();
-        s.bytes_sent + s.bytes_received
+        match &self.server {
+            Server::Role { relay, .. } => relay.stats().transferred_bytes(),
+            Server::Task(_) => {
+                let s = self.client.stats();
+                s.bytes_sent + s.bytes_received
+            }
+        }
     }
 
-    /// Closes the client and waits for the server to see the end of stream.
-    pub async fn close(self) -> Result<ServeStats, String> {
+    /// The packet relay's departure error, where a relay carries the link.
+    pub fn relay_departure_error(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        let Server::Role { relay, .. } = &self.server else {
+            return None;
+        };
+        let stats = relay.stats();
+        let mut h = stats.a_to_b.departure_error_ns;
+        // Both directions were recorded with the same bounds.
+        let _ = h.add(&stats.b_to_a.departure_error_ns);
+        Some(h)
+    }
+
+    /// Closes the client and stops the server; returns the requests served.
+    pub async fn close(self) -> Result<u64, String> {
         drop(self.guarded);
         drop(self.client);
-        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
-            Ok(Ok(Ok(stats))) => Ok(stats),
-            Ok(Ok(Err(e))) => Err(format!("the remote server failed: {e}")),
-            Ok(Err(e)) => Err(format!("the remote server task failed: {e}")),
-            Err(_) => {
-                Err("the remote server did not stop within 10 s of the client closing".into())
+        match self.server {
+            Server::Task(task) => match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(stats))) => Ok(stats.requests),
+                Ok(Ok(Err(e))) => Err(format!("the remote server failed: {e}")),
+                Ok(Err(e)) => Err(format!("the remote server task failed: {e}")),
+                Err(_) => {
+                    Err("the remote server did not stop within 10 s of the client closing".into())
+                }
+            },
+            Server::Role { role, relay } => {
+                // Stopping the role waits on a pipe: keep it off the runtime's threads.
+                let stopped =
+                    tokio::task::spawn_blocking(move || role.stop(Duration::from_secs(10)))
+                        .await
+                        .map_err(|e| format!("stopping the role: {e}"))?
+                        .map_err(|e| e.to_string())?;
+                relay
+                    .stop()
+                    .map_err(|e| format!("stopping the packet relay: {e}"))?;
+                match stopped {
+                    RoleEvent::Stopped { serve, .. } => Ok(serve.requests),
+                    other => Err(format!("the remote backend role ended with {other:?}")),
+                }
             }
         }
     }
@@ -184,17 +320,16 @@ mod tests {
     #[test]
     fn every_mode_serves_the_source_intact() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let bytes: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let image = SourceImage::new(64 * 1024, 3);
+        let bytes = image.bytes().to_vec();
         for (mode, rtt) in [
             (Emulation::Inproc, Duration::ZERO),
             (Emulation::Inproc, Duration::from_millis(1)),
             (Emulation::PerCall, Duration::from_millis(1)),
         ] {
-            let source: SharedBackend =
-                Arc::new(backends::MemoryBackend::from_bytes(bytes.clone()));
             let link = {
                 let _guard = rt.enter();
-                RemoteLink::open(source, mode, rtt)
+                RemoteLink::open(&image, mode, None, rtt).unwrap()
             };
             let client = link.client();
             let mut got = vec![0u8; bytes.len()];
@@ -207,8 +342,8 @@ mod tests {
             assert_eq!(got, bytes, "{mode:?}");
             assert!(link.transferred_bytes() > bytes.len() as u64);
             drop(client);
-            let stats = rt.block_on(link.close()).unwrap();
-            assert_eq!(stats.requests, 1, "{mode:?}");
+            let requests = rt.block_on(link.close()).unwrap();
+            assert_eq!(requests, 1, "{mode:?}");
         }
     }
 }

@@ -69,6 +69,25 @@ pub fn run(scenario: &Scenario, emulation: Emulation, out: &Path) -> anyhow::Res
     let mut writer = RunWriter::create(&dir, manifest)
         .with_context(|| format!("creating the run directory under {}", out.display()))?;
 
+    // Created once per run; dropped (namespaces deleted) when the run ends,
+    // errors included.
+    let network = match emulation {
+        Emulation::UserspaceLink => {
+            Some(crate::network::Namespaces::create().map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    if let Some(net) = &network {
+        let m = writer.manifest_mut();
+        m.emulation.emulator = format!(
+            "{} (namespaces {}, {}, {})",
+            emulation.emulator(),
+            net.topology.src_ns(),
+            net.topology.dst_ns(),
+            net.topology.link_ns().unwrap_or("-")
+        );
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("remote-io")
@@ -104,6 +123,7 @@ pub fn run(scenario: &Scenario, emulation: Emulation, out: &Path) -> anyhow::Res
                 &capabilities,
                 &mut sources,
                 &runtime,
+                network.as_ref(),
                 &mut emulator_error,
             );
             tracing::info!(cell = %cell_id, repetition, status = ?record.status, reason = ?record.reason, "cell done");
@@ -147,6 +167,7 @@ fn run_cell(
     capabilities: &[Capability],
     sources: &mut SourceCache,
     runtime: &tokio::runtime::Runtime,
+    network: Option<&crate::network::Namespaces>,
     emulator_error: &mut LatencyHistogram,
 ) -> CellRecord {
     let started_at = utc_now();
@@ -197,6 +218,7 @@ fn run_cell(
         spec,
         source,
         emulation,
+        network,
         order: &order,
         deadline: start + Duration::from_secs_f64(scenario.cell_time_budget_s),
         runtime,

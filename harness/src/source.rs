@@ -15,6 +15,9 @@ pub struct SourceImage {
     bytes: Vec<u8>,
     /// SHA-256 of the bytes, hex.
     pub sha256: String,
+    /// What the bytes were made from: `SourceImage::new(size, seed)` makes
+    /// them again, in another process too.
+    pub seed: u64,
 }
 
 impl SourceImage {
@@ -27,6 +30,7 @@ impl SourceImage {
             backend: Arc::new(MemoryBackend::from_bytes(bytes.clone())),
             bytes,
             sha256,
+            seed,
         }
     }
 

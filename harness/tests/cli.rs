@@ -380,3 +380,163 @@ fn remote_backend_role_reports_a_bad_listen_address() {
         "{stdout}"
     );
 }
+
+/// Tests that create or remove the project's namespaces run one at a time:
+/// `harness cleanup` removes every `msb-` namespace, a running test's too.
+static NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn project_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("msb-"))
+        .map(String::from)
+        .collect()
+}
+
+/// As root, cells run across two namespaces through the packet relay, the
+/// remote backend as a role process, and the namespaces are gone afterwards.
+#[test]
+fn userspace_link_runs_across_namespaces_and_cleans_up() {
+    if !is_root() {
+        eprintln!("skipping: userspace-link needs root");
+        return;
+    }
+    let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace(
+            "implementations = [\"baseline\", \"uffd\"]",
+            "implementations = [\"uffd\"]",
+        )
+        .replace(
+            "workload = [\"sequential\", \"zipfian\"]",
+            "workload = [\"sequential\"]",
+        );
+    let scenario = write_scenario(tmp.path(), &text);
+    let out_dir = tmp.path().join("runs");
+    let out = run(harness()
+        .args([
+            "scenario",
+            scenario.to_str().unwrap(),
+            "--emulation",
+            "userspace-link",
+            "--out",
+        ])
+        .arg(&out_dir));
+    assert!(out.status.success());
+    let dir = run_dir(&out_dir);
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["emulation"]["mode"], "userspace-link");
+    assert!(manifest["emulation"]["accuracy"]["count"].as_u64().unwrap() > 0);
+    let cells = cells(&dir);
+    assert_eq!(cells.len(), 2);
+    for c in &cells {
+        assert_eq!(c["status"], "ok", "{c}");
+        assert_eq!(c["emulation"], "userspace-link");
+        assert_eq!(c["metrics"]["integrity"], true, "{c}");
+        // The relay counted whole frames: more than the region crossed.
+        let transferred = c["metrics"]["transferred_bytes"].as_u64().unwrap();
+        assert!(transferred > 1 << 20, "{transferred}");
+        let faults = &c["histograms"]["fault_latency_ns"];
+        let rtt_ns = c["params"]["rtt_ms"].as_f64().unwrap() * 1e6;
+        assert!(faults["min"].as_f64().unwrap() >= rtt_ns, "{c}");
+    }
+    assert!(
+        project_namespaces().is_empty(),
+        "left behind: {:?}",
+        project_namespaces()
+    );
+}
+
+/// A run killed with SIGKILL leaves its namespaces; `harness cleanup`
+/// removes them, and only the project's.
+#[test]
+fn cleanup_removes_what_a_killed_run_left() {
+    if !is_root() {
+        eprintln!("skipping: namespaces need root");
+        return;
+    }
+    let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let foreign = format!("other-ns-cli-{}", std::process::id());
+    assert!(Command::new("ip")
+        .args(["netns", "add", &foreign])
+        .status()
+        .unwrap()
+        .success());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace(
+            "implementations = [\"baseline\", \"uffd\"]",
+            "implementations = [\"uffd\"]",
+        )
+        .replace("rtt_ms = [0, 2]", "rtt_ms = [50]")
+        .replace("chunk_kib = [64]", "chunk_kib = [4]");
+    let scenario = write_scenario(tmp.path(), &text);
+    let mut child = harness()
+        .args([
+            "scenario",
+            scenario.to_str().unwrap(),
+            "--emulation",
+            "userspace-link",
+            "--out",
+        ])
+        .arg(tmp.path().join("runs"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while project_namespaces().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Let the cell start faulting across the link, then kill without warning.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = project_namespaces();
+    assert_eq!(
+        left.len(),
+        3,
+        "expected the killed run's src, dst and link: {left:?}"
+    );
+
+    let out = run(harness().arg("cleanup"));
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    for ns in &left {
+        assert!(
+            said.contains(ns.as_str()),
+            "cleanup did not report {ns}: {said}"
+        );
+    }
+    assert!(
+        project_namespaces().is_empty(),
+        "{:?}",
+        project_namespaces()
+    );
+    let still_there = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let foreign_kept = String::from_utf8_lossy(&still_there.stdout).contains(&foreign);
+    let _ = Command::new("ip").args(["netns", "del", &foreign]).status();
+    assert!(
+        foreign_kept,
+        "cleanup removed a namespace that is not the project's"
+    );
+    // The killed run's role process went with its process group? It was a
+    // child of the killed harness: make sure none is left serving.
+    let roles = Command::new("pgrep")
+        .args(["-f", "role remote-backend"])
+        .output()
+        .unwrap();
+    assert!(
+        roles.stdout.is_empty(),
+        "a role outlived the run: {}",
+        String::from_utf8_lossy(&roles.stdout)
+    );
+
+    let out = run(harness().arg("cleanup"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to remove"));
+}

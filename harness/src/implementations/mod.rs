@@ -66,6 +66,8 @@ pub struct CellContext<'a> {
     pub spec: &'a CellSpec,
     pub source: Arc<SourceImage>,
     pub emulation: Emulation,
+    /// The run's namespaces, in the packet-level emulation modes.
+    pub network: Option<&'a crate::network::Namespaces>,
     /// The order of the application's accesses.
     pub order: &'a [u64],
     /// When the cell's time budget runs out.

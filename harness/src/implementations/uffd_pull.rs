@@ -30,13 +30,18 @@ fn run(ctx: &CellContext) -> CellOutcome {
     // Cells run one at a time, so the timer's record from here on is this cell's.
     netem::timer::reset_lateness();
 
-    // Setup: connect to the remote, learn the region's size from it (one
-    // round trip, as a real destination must), map and register the region.
-    let setup_start = Instant::now();
+    // The source side (and, across namespaces, the connection to it) exists
+    // before the destination opens, as it would on a real source host.
     let link = {
         let _guard = ctx.runtime.enter();
-        RemoteLink::open(ctx.source.backend.clone(), ctx.emulation, rtt)
+        match RemoteLink::open(&ctx.source, ctx.emulation, ctx.network, rtt) {
+            Ok(link) => link,
+            Err(e) => return CellOutcome::Failed(format!("opening the link to the source: {e}")),
+        }
     };
+    // Setup: learn the region's size from the remote (one round trip, as a
+    // real destination must), map and register the region.
+    let setup_start = Instant::now();
     let remote = link.client();
     let size = match ctx.runtime.block_on(remote.size()) {
         Ok(s) => s,
@@ -82,6 +87,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
     let stats = region.stats();
     drop(region);
     let transferred = link.transferred_bytes();
+    let relay_error = link.relay_departure_error();
     if let Err(e) = ctx.runtime.block_on(link.close()) {
         return CellOutcome::Failed(e);
     }
@@ -96,12 +102,21 @@ fn run(ctx: &CellContext) -> CellOutcome {
         .iter()
         .map(|(cpu, n)| (cpu.to_string(), *n))
         .collect();
-    let mut emulator_error = None;
-    if !rtt.is_zero() {
-        let mut h = LatencyHistogram::new();
-        h.merge(&netem::timer::lateness_snapshot());
-        emulator_error = Some(h);
-    }
+    // What delayed the bytes: the relay's departure error where packets
+    // are relayed, else the in-process timer's wake error.
+    let emulator_error = match relay_error {
+        Some(relay) => {
+            let mut h = LatencyHistogram::new();
+            h.merge(&relay);
+            Some(h)
+        }
+        None if !rtt.is_zero() => {
+            let mut h = LatencyHistogram::new();
+            h.merge(&netem::timer::lateness_snapshot());
+            Some(h)
+        }
+        None => None,
+    };
     CellOutcome::Measured(Box::new(Measured {
         setup,
         workload,

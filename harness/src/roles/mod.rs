@@ -10,7 +10,6 @@
 //! - [`child`]: the runner's side: a child process guard.
 //! - [`remote_backend`]: the role serving the source region over `frpc`.
 
-#[allow(dead_code)] // the runner starts roles once namespaced emulation lands
 pub mod child;
 pub mod protocol;
 pub mod remote_backend;
