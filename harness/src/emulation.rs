@@ -3,6 +3,7 @@
 use std::fmt;
 
 use clap::ValueEnum;
+use results::schema::Capability;
 
 /// `--emulation`, as the user asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,21 +69,71 @@ impl fmt::Display for Emulation {
     }
 }
 
-/// The mode to run, or why the requested one cannot run here.
-pub fn resolve(choice: EmulationChoice) -> Result<Emulation, String> {
+/// What `userspace-link` needs, as `harness doctor` names it.
+const PACKET_LEVEL_NEEDS: &[&str] = &["root", "network namespaces", "veth"];
+
+/// The mode to run, or why the requested one cannot run here. `auto` takes
+/// the most faithful mode `caps` allow: packets between namespaces when it
+/// can, else the in-process delay line.
+pub fn resolve(choice: EmulationChoice, caps: &[Capability]) -> Result<Emulation, String> {
+    let missing: Vec<&str> = PACKET_LEVEL_NEEDS
+        .iter()
+        .copied()
+        .filter(|need| !caps.iter().any(|c| c.name == *need && c.present))
+        .collect();
     match choice {
+        EmulationChoice::Auto if missing.is_empty() => Ok(Emulation::UserspaceLink),
         EmulationChoice::Auto | EmulationChoice::Inproc => Ok(Emulation::Inproc),
         EmulationChoice::PerCall => Ok(Emulation::PerCall),
-        EmulationChoice::UserspaceLink if crate::host::is_root() => Ok(Emulation::UserspaceLink),
-        EmulationChoice::UserspaceLink => Err(
-            "emulation mode `userspace-link` needs root (it creates network namespaces); \
-             modes available without root: inproc, per-call"
-                .into(),
-        ),
+        EmulationChoice::UserspaceLink if missing.is_empty() => Ok(Emulation::UserspaceLink),
+        EmulationChoice::UserspaceLink => Err(format!(
+            "emulation mode `userspace-link` needs {} (see `harness doctor`); \
+             modes available here: inproc, per-call",
+            missing.join(", ")
+        )),
         EmulationChoice::KernelNetem => Err(
             "emulation mode `kernel-netem` is not built yet; modes available: inproc, per-call, \
              userspace-link (as root)"
                 .into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(present: bool) -> Vec<Capability> {
+        PACKET_LEVEL_NEEDS
+            .iter()
+            .map(|n| Capability {
+                name: n.to_string(),
+                present,
+                detail: String::new(),
+                enables: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_takes_packets_when_it_can_and_the_delay_line_otherwise() {
+        let all = caps(true);
+        let none = caps(false);
+        assert_eq!(
+            resolve(EmulationChoice::Auto, &all),
+            Ok(Emulation::UserspaceLink)
+        );
+        assert_eq!(resolve(EmulationChoice::Auto, &none), Ok(Emulation::Inproc));
+        assert_eq!(
+            resolve(EmulationChoice::Inproc, &all),
+            Ok(Emulation::Inproc)
+        );
+        let err = resolve(EmulationChoice::UserspaceLink, &none).unwrap_err();
+        assert!(
+            err.contains("root") && err.contains("veth") && err.contains("inproc"),
+            "{err}"
+        );
+        let err = resolve(EmulationChoice::KernelNetem, &all).unwrap_err();
+        assert!(err.contains("kernel-netem"), "{err}");
     }
 }

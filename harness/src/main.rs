@@ -68,7 +68,9 @@ enum Command {
         /// Directory the run directory is created in.
         #[arg(long, default_value = "results/runs")]
         out: PathBuf,
-        /// How the network is emulated; `auto` picks the most faithful mode available.
+        /// How the network is emulated. `auto` picks the most faithful mode
+        /// available: `userspace-link` (packets between network namespaces)
+        /// as root, else `inproc` (a delay line in this process).
         #[arg(long, value_enum, default_value_t = emulation::EmulationChoice::Auto)]
         emulation: emulation::EmulationChoice,
     },
@@ -149,7 +151,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emulation,
         } => {
             let scenario = scenario::load(&name, profile.name())?;
-            let emulation = emulation::resolve(emulation).map_err(anyhow::Error::msg)?;
+            let capabilities = doctor::probe_all();
+            let emulation =
+                emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
             interrupt::install().context("installing the Ctrl-C handler")?;
             let cells = scenario.cells();
             eprintln!(
@@ -161,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 emulation,
                 scenario.cell_time_budget_s
             );
-            let report = runner::run(&scenario, emulation, &out)?;
+            let report = runner::run(&scenario, emulation, capabilities, &out)?;
             println!("{}", reports::summary_table(&report.rows));
             for w in &report.warnings {
                 println!("warning: {w}");

@@ -33,14 +33,18 @@ fn utc_now() -> String {
 }
 
 /// Runs `scenario` under `emulation`, writing into a new directory below `out`.
-pub fn run(scenario: &Scenario, emulation: Emulation, out: &Path) -> anyhow::Result<RunReport> {
+pub fn run(
+    scenario: &Scenario,
+    emulation: Emulation,
+    capabilities: Vec<Capability>,
+    out: &Path,
+) -> anyhow::Result<RunReport> {
     let started = chrono::Utc::now();
     let run_id = format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), scenario.name);
     let dir = out.join(&run_id);
     let cells = scenario.cells();
     let total = cells.len() * scenario.repetitions as usize;
 
-    let capabilities = crate::doctor::probe_all();
     let build = crate::host::build_info();
     let mut warnings: Vec<String> = crate::host::build_warning(&build).into_iter().collect();
     if crate::host::cpu_count() < 2 {

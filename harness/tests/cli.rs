@@ -109,6 +109,8 @@ fn doctor_reports_every_capability_as_json() {
 
 #[test]
 fn tiny_scenario_writes_intact_cells_manifest_and_summary() {
+    // As root, the default (`auto`) emulation creates the project's namespaces.
+    let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let scenario = write_scenario(tmp.path(), TINY);
     let out_dir = tmp.path().join("runs");
@@ -121,7 +123,12 @@ fn tiny_scenario_writes_intact_cells_manifest_and_summary() {
     let manifest: Value =
         serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["scenario"], "tiny");
-    assert_eq!(manifest["emulation"]["mode"], "inproc");
+    let auto_mode = if is_root() {
+        "userspace-link"
+    } else {
+        "inproc"
+    };
+    assert_eq!(manifest["emulation"]["mode"], auto_mode);
     assert!(manifest["finished_at"].is_string());
     assert!(manifest["build"]["opt_level"].is_string());
     // baseline: 2 workloads; uffd: 2 workloads x 2 RTTs.
