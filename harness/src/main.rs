@@ -11,6 +11,7 @@
 //! - [`doctor`]: what the host offers.
 //! - [`roles`]: parts of a cell that run as child processes.
 
+mod calibration;
 mod doctor;
 mod emulation;
 mod host;
@@ -80,12 +81,46 @@ enum Command {
     /// stdin/stdout, so it also runs on another machine under ssh).
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Measure the emulated link.
+    #[command(subcommand)]
+    Netem(NetemCommand),
     /// Remove what a killed run left behind: every network namespace and
     /// veth named with the project's prefix (`msb-`), and nothing else.
     Cleanup,
     /// Show what this host offers (root, userfaultfd, FUSE, namespaces, netem, NBD...).
     Doctor {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetemCommand {
+    /// Build a src/link/dst topology, relay packets with the given link
+    /// properties, and measure through it: TCP and UDP round trips, UDP
+    /// loss, bulk TCP throughput, and round trips under load. Prints
+    /// configured against measured for each target. Needs root.
+    #[command(after_help = "Examples:\n  \
+        harness netem check --rtt 50ms\n  \
+        harness netem check --rtt 10ms --rate 100mbit --loss 1%")]
+    Check {
+        /// Round-trip time (half each way).
+        #[arg(long, default_value = "10ms", value_parser = calibration::parse_duration)]
+        rtt: std::time::Duration,
+        /// Jitter per direction (uniform, +-), never reordering.
+        #[arg(long, default_value = "0ms", value_parser = calibration::parse_duration)]
+        jitter: std::time::Duration,
+        /// Bottleneck rate per direction; none by default.
+        #[arg(long, value_parser = calibration::parse_rate)]
+        rate: Option<u64>,
+        /// Independent loss per direction.
+        #[arg(long, default_value = "0%", value_parser = calibration::parse_loss)]
+        loss: f64,
+        /// A shorter measurement (a few seconds).
+        #[arg(long)]
+        quick: bool,
+        /// Print the full report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -195,6 +230,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Role(RoleCommand::RemoteBackend(args)) => {
             roles::remote_backend::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Netem(NetemCommand::Check {
+            rtt,
+            jitter,
+            rate,
+            loss,
+            quick,
+            json,
+        }) => {
+            let config = calibration::symmetric_link(rtt, jitter, rate, loss);
+            let plan = if quick {
+                netem::calibrate::CalibrationPlan::quick()
+            } else {
+                netem::calibrate::CalibrationPlan::default()
+            };
+            let net = network::Namespaces::create().map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "measuring through the packet relay between {} and {} ...",
+                net.topology.src_ns(),
+                net.topology.dst_ns()
+            );
+            let (report, checks) =
+                calibration::calibrate(&net, &config, &plan).map_err(anyhow::Error::msg)?;
+            drop(net);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", calibration::checks_table(&checks));
+                println!(
+                    "bulk TCP goodput {:.1} Mbit/s; relay departure error src->dst p50 {} us, p99 {} us",
+                    report.bulk_goodput_bps / 1e6,
+                    report.relay.as_ref().map_or(0, |r| r.departure_error_a_to_b_ns.p50_ns / 1000),
+                    report.relay.as_ref().map_or(0, |r| r.departure_error_a_to_b_ns.p99_ns / 1000),
+                );
+            }
+            let missed = checks
+                .iter()
+                .filter(|c| c.verdict == netem::calibrate::Verdict::Missed)
+                .count();
+            if missed > 0 {
+                println!("{missed} target(s) missed on this host");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup => {

@@ -64,6 +64,7 @@ pub fn run(
             mode: emulation.name().into(),
             emulator: emulation.emulator().into(),
             accuracy: None,
+            calibration: vec![],
         },
         scenario_resolved: serde_json::to_value(scenario).context("encoding the scenario")?,
         cells_planned: total,
@@ -82,7 +83,9 @@ pub fn run(
         _ => None,
     };
     if let Some(net) = &network {
+        let calibration = calibrate_link(net, &cells);
         let m = writer.manifest_mut();
+        m.emulation.calibration = calibration;
         m.emulation.emulator = format!(
             "{} (namespaces {}, {}, {})",
             emulation.emulator(),
@@ -159,6 +162,31 @@ pub fn run(
         interrupted,
         warnings,
     })
+}
+
+/// Measures the link at every RTT the cells use, so the manifest says how
+/// faithful the emulation was. A calibration that fails is recorded as such;
+/// the cells still run (and record their own departure errors).
+fn calibrate_link(net: &crate::network::Namespaces, cells: &[CellSpec]) -> Vec<serde_json::Value> {
+    let mut rtts: Vec<f64> = cells.iter().filter_map(|c| c.rtt_ms).collect();
+    rtts.sort_by(f64::total_cmp);
+    rtts.dedup();
+    let plan = crate::calibration::run_plan();
+    rtts.into_iter()
+        .map(|rtt_ms| {
+            eprintln!("calibrating the link at RTT {rtt_ms} ms ...");
+            let rtt = Duration::from_secs_f64(rtt_ms / 1e3);
+            let config = crate::calibration::symmetric_link(rtt, Duration::ZERO, None, 0.0);
+            match crate::calibration::calibrate(net, &config, &plan) {
+                Ok((report, checks)) => serde_json::json!({
+                    "rtt_ms": rtt_ms,
+                    "checks": checks,
+                    "report": report,
+                }),
+                Err(e) => serde_json::json!({ "rtt_ms": rtt_ms, "error": e }),
+            }
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]

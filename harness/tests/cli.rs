@@ -438,6 +438,24 @@ fn userspace_link_runs_across_namespaces_and_cleans_up() {
         serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["emulation"]["mode"], "userspace-link");
     assert!(manifest["emulation"]["accuracy"]["count"].as_u64().unwrap() > 0);
+    // The link was measured at each RTT the cells use (0 and 2 ms).
+    let calibration = manifest["emulation"]["calibration"].as_array().unwrap();
+    let rtts: Vec<f64> = calibration
+        .iter()
+        .map(|c| c["rtt_ms"].as_f64().unwrap())
+        .collect();
+    assert_eq!(rtts, vec![0.0, 2.0]);
+    for c in calibration {
+        assert!(c.get("error").is_none(), "calibration failed: {c}");
+        let idle = &c["report"]["idle_rtt"];
+        assert!(idle["count"].as_u64().unwrap() > 0, "{c}");
+        let floor_ns = c["rtt_ms"].as_f64().unwrap() * 1e6;
+        assert!(
+            idle["min_ns"].as_f64().unwrap() >= floor_ns,
+            "an RTT below the configured one: {c}"
+        );
+        assert!(!c["checks"].as_array().unwrap().is_empty());
+    }
     let cells = cells(&dir);
     assert_eq!(cells.len(), 2);
     for c in &cells {

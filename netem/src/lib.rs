@@ -15,6 +15,8 @@
 //!   before every call, the way the thesis emulated latency.
 //! - [`topology`]: [`Topology`], a run's namespaces (`src`, `dst`, and the
 //!   relay's `link`), owned and removed on drop; `cleanup` for leftovers.
+//! - [`calibrate`]: measures a relayed link (RTT idle and loaded, UDP
+//!   loss, goodput) against its configuration and the accuracy targets.
 //! - [`link`]: the packet relay between two interfaces: loss, drop-tail
 //!   queue, rate, delay and jitter per direction, with counters and its
 //!   departure error.
@@ -45,6 +47,7 @@
 //! Depends on `backends`; nothing in `impls/` depends on this crate, so the
 //! implementations under test never see how their link is emulated.
 
+pub mod calibrate;
 pub mod delay_line;
 pub mod link;
 pub mod per_call;

@@ -81,6 +81,10 @@ pub struct EmulationInfo {
     /// The emulator's measured departure error over the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<HistogramRecord>,
+    /// Measurements through the link before the cells ran, one per RTT
+    /// the run uses: configured against measured, and each target's verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calibration: Vec<serde_json::Value>,
 }
 
 /// How a cell ended. Only `Ok` and `Truncated` cells are data points.

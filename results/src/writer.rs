@@ -180,6 +180,7 @@ pub(crate) mod tests {
                 mode: "inproc".into(),
                 emulator: "delay line".into(),
                 accuracy: None,
+                calibration: vec![],
             },
             scenario_resolved: serde_json::json!({}),
             cells_planned: 1,
