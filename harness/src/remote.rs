@@ -3,9 +3,11 @@
 //! The source's bytes are served by a remote backend service (`frpc`, the
 //! lean binary RPC) over a byte stream; the destination holds a client that
 //! is itself a [`backends::Backend`]. The emulation mode decides what sits
-//! in between: a delay line on the stream (`inproc`), or a sleep inside every
-//! call on the serving side (`per-call`). The network-emulation work plugs
-//! real namespaces in at this same place.
+//! in between: a delay line on the stream (`inproc`), a sleep inside every
+//! call on the serving side (`per-call`), or real TCP between network
+//! namespaces through the packet relay, with the server as a role process
+//! in `src` (`userspace-link`). Each cell gets a fresh link, so no cell
+//! inherits another's connection state (congestion window, queues).
 
 use std::sync::Arc;
 use std::time::Duration;
