@@ -61,6 +61,15 @@ fn run_dir(out: &Path) -> PathBuf {
     dirs.pop().unwrap()
 }
 
+/// Runs `harness scenario FILE --emulation MODE --out DIR`.
+fn run_scenario(scenario: &Path, emulation: &str, out_dir: &Path) -> Output {
+    run(harness()
+        .arg("scenario")
+        .arg(scenario)
+        .args(["--emulation", emulation, "--out"])
+        .arg(out_dir))
+}
+
 fn cells(dir: &Path) -> Vec<Value> {
     fs::read_to_string(dir.join("cells.jsonl"))
         .unwrap()
@@ -204,15 +213,7 @@ fn per_call_emulation_is_recorded_and_intact() {
         .replace("rtt_ms = [0, 2]", "rtt_ms = [1]");
     let scenario = write_scenario(tmp.path(), &text);
     let out_dir = tmp.path().join("runs");
-    let out = run(harness()
-        .args([
-            "scenario",
-            scenario.to_str().unwrap(),
-            "--emulation",
-            "per-call",
-            "--out",
-        ])
-        .arg(&out_dir));
+    let out = run_scenario(&scenario, "per-call", &out_dir);
     assert!(out.status.success());
     let cells = cells(&run_dir(&out_dir));
     assert_eq!(cells.len(), 1);
@@ -423,15 +424,7 @@ fn userspace_link_runs_across_namespaces_and_cleans_up() {
         );
     let scenario = write_scenario(tmp.path(), &text);
     let out_dir = tmp.path().join("runs");
-    let out = run(harness()
-        .args([
-            "scenario",
-            scenario.to_str().unwrap(),
-            "--emulation",
-            "userspace-link",
-            "--out",
-        ])
-        .arg(&out_dir));
+    let out = run_scenario(&scenario, "userspace-link", &out_dir);
     assert!(out.status.success());
     let dir = run_dir(&out_dir);
     let manifest: Value =
