@@ -10,9 +10,8 @@ use sha2::{Digest, Sha256};
 /// What the destination must end up holding.
 #[derive(Debug)]
 pub struct SourceImage {
-    /// Served to the destination; holds the same bytes as `bytes()`.
+    /// Served to the destination; the one copy of the bytes.
     pub backend: Arc<MemoryBackend>,
-    bytes: Vec<u8>,
     /// SHA-256 of the bytes, hex.
     pub sha256: String,
     /// What the bytes were made from: `SourceImage::new(size, seed)` makes
@@ -27,16 +26,16 @@ impl SourceImage {
         crate::workload::fill_pattern(&mut bytes, seed);
         let sha256 = sha256_hex(&bytes);
         Self {
-            backend: Arc::new(MemoryBackend::from_bytes(bytes.clone())),
-            bytes,
+            backend: Arc::new(MemoryBackend::from_bytes(bytes)),
             sha256,
             seed,
         }
     }
 
-    /// The source bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// The source bytes (nothing writes to the source during a cell, so
+    /// holding them never blocks the server).
+    pub fn bytes(&self) -> impl std::ops::Deref<Target = [u8]> + '_ {
+        self.backend.bytes()
     }
 }
 

@@ -27,7 +27,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
         Ok(m) => m,
         Err(e) => return CellOutcome::Failed(format!("mmap of {size} bytes: {e}")),
     };
-    region.copy_from_slice(ctx.source.bytes());
+    region.copy_from_slice(&ctx.source.bytes());
     let setup = setup_start.elapsed();
 
     let workload = crate::placement::run_workload_placed(spec.placement, || {

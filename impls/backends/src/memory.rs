@@ -32,6 +32,11 @@ impl MemoryBackend {
     pub fn snapshot(&self) -> Vec<u8> {
         self.bytes.read().to_vec()
     }
+
+    /// The content, borrowed without copying; writers wait while it is held.
+    pub fn bytes(&self) -> impl std::ops::Deref<Target = [u8]> + '_ {
+        parking_lot::RwLockReadGuard::map(self.bytes.read(), |b| &**b)
+    }
 }
 
 #[async_trait]
@@ -58,5 +63,18 @@ impl Backend for MemoryBackend {
 
     async fn sync(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_borrows_what_writes_left() {
+        let m = MemoryBackend::new(8);
+        m.write_at(&[7, 7], 3).await.unwrap();
+        assert_eq!(&*m.bytes(), &[0, 0, 0, 7, 7, 0, 0, 0]);
+        assert_eq!(m.snapshot(), m.bytes().to_vec());
     }
 }
