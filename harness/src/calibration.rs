@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use netem::calibrate::{CalibrationPlan, CalibrationReport, TargetCheck, Verdict};
-use netem::link::{DirectionConfig, LinkConfig, LossModel, Relay};
+use netem::link::LinkConfig;
 
 use crate::network::Namespaces;
 
@@ -63,27 +63,6 @@ pub fn parse_loss(text: &str) -> Result<f64, String> {
     Ok(p)
 }
 
-/// A symmetric link: RTT/2 delay each way, and the same jitter, rate and
-/// independent loss in both directions.
-pub fn symmetric_link(
-    rtt: Duration,
-    jitter: Duration,
-    rate_bps: Option<u64>,
-    loss: f64,
-) -> LinkConfig {
-    LinkConfig::symmetric(DirectionConfig {
-        delay: rtt / 2,
-        jitter,
-        loss: if loss > 0.0 {
-            LossModel::Random { p: loss }
-        } else {
-            LossModel::None
-        },
-        rate_bps,
-        ..DirectionConfig::default()
-    })
-}
-
 /// A short plan for the calibration recorded with every run (a few
 /// seconds per RTT).
 pub fn run_plan() -> CalibrationPlan {
@@ -104,14 +83,8 @@ pub fn calibrate(
     config: &LinkConfig,
     plan: &CalibrationPlan,
 ) -> Result<(CalibrationReport, Vec<TargetCheck>), String> {
-    let topo = &net.topology;
-    let (Some(if_src), Some(if_dst)) = (topo.link_src_if(), topo.link_dst_if()) else {
-        return Err("the topology has no relayed link".into());
-    };
-    // Interface A faces `src`: the report's a_to_b is src -> dst.
-    let relay = Relay::start_in(&net.link, if_src, if_dst, config.clone())
-        .map_err(|e| format!("starting the packet relay: {e}"))?;
-    let report = netem::calibrate::run_with_relay(topo, config, &relay, plan)
+    let relay = net.start_relay(config.clone())?;
+    let report = netem::calibrate::run_with_relay(&net.topology, config, &relay, plan)
         .map_err(|e| format!("calibrating the link: {e}"));
     relay
         .stop()

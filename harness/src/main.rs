@@ -240,7 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quick,
             json,
         }) => {
-            let config = calibration::symmetric_link(rtt, jitter, rate, loss);
+            let config = network::symmetric_link(rtt, jitter, rate, loss);
             let plan = if quick {
                 netem::calibrate::CalibrationPlan::quick()
             } else {

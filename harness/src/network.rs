@@ -6,6 +6,9 @@
 //! is removed when [`Namespaces`] drops; `harness cleanup` removes what a
 //! killed run left.
 
+use std::time::Duration;
+
+use netem::link::{DirectionConfig, LinkConfig, LossModel, Relay};
 use netem::{Layout, NetNs, Topology};
 
 /// The namespaces of one run and handles to enter them.
@@ -36,4 +39,38 @@ impl Namespaces {
             topology,
         })
     }
+}
+
+impl Namespaces {
+    /// Starts the packet relay on the link namespace with `config`.
+    /// Interface A faces `src`, so the relay's `a_to_b` is src -> dst.
+    pub fn start_relay(&self, config: LinkConfig) -> Result<Relay, String> {
+        let topo = &self.topology;
+        let (Some(if_src), Some(if_dst)) = (topo.link_src_if(), topo.link_dst_if()) else {
+            return Err("the topology has no relayed link".into());
+        };
+        Relay::start_in(&self.link, if_src, if_dst, config)
+            .map_err(|e| format!("starting the packet relay: {e}"))
+    }
+}
+
+/// A symmetric link: RTT/2 delay each way, and the same jitter, rate and
+/// independent loss in both directions.
+pub fn symmetric_link(
+    rtt: Duration,
+    jitter: Duration,
+    rate_bps: Option<u64>,
+    loss: f64,
+) -> LinkConfig {
+    LinkConfig::symmetric(DirectionConfig {
+        delay: rtt / 2,
+        jitter,
+        loss: if loss > 0.0 {
+            LossModel::Random { p: loss }
+        } else {
+            LossModel::None
+        },
+        rate_bps,
+        ..DirectionConfig::default()
+    })
 }

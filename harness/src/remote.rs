@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use transports::server::{ServeError, ServeStats};
 use transports::FrpcClient;
 
-use netem::link::{DirectionConfig, LinkConfig, Relay};
+use netem::link::Relay;
 
 use crate::emulation::Emulation;
-use crate::network::Namespaces;
+use crate::network::{symmetric_link, Namespaces};
 use crate::roles::child::RoleProcess;
 use crate::roles::protocol::RoleEvent;
 use crate::source::SourceImage;
@@ -135,12 +135,7 @@ impl RemoteLink {
         rtt: Duration,
     ) -> Result<Self, String> {
         let topo = &net.topology;
-        let (Some(if_src), Some(if_dst)) = (topo.link_src_if(), topo.link_dst_if()) else {
-            return Err("the topology has no relayed link".into());
-        };
-        let config = LinkConfig::symmetric(DirectionConfig::with_delay(rtt / 2));
-        let relay = Relay::start_in(&net.link, if_src, if_dst, config)
-            .map_err(|e| format!("starting the packet relay: {e}"))?;
+        let relay = net.start_relay(symmetric_link(rtt, Duration::ZERO, None, 0.0))?;
 
         let exe =
             std::env::current_exe().map_err(|e| format!("finding the harness binary: {e}"))?;

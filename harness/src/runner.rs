@@ -176,7 +176,7 @@ fn calibrate_link(net: &crate::network::Namespaces, cells: &[CellSpec]) -> Vec<s
         .map(|rtt_ms| {
             eprintln!("calibrating the link at RTT {rtt_ms} ms ...");
             let rtt = Duration::from_secs_f64(rtt_ms / 1e3);
-            let config = crate::calibration::symmetric_link(rtt, Duration::ZERO, None, 0.0);
+            let config = crate::network::symmetric_link(rtt, Duration::ZERO, None, 0.0);
             match crate::calibration::calibrate(net, &config, &plan) {
                 Ok((report, checks)) => serde_json::json!({
                     "rtt_ms": rtt_ms,
