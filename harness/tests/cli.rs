@@ -25,6 +25,13 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs a command that must fail, and returns what it said on stderr.
+fn run_failing(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("the harness binary runs");
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 const TINY: &str = r#"
 name = "tiny"
 description = "two implementations, two RTTs, a region of 1 MiB"
@@ -226,9 +233,7 @@ fn per_call_emulation_is_recorded_and_intact() {
 
 #[test]
 fn unavailable_emulation_mode_fails_naming_what_is_available() {
-    let out = run(harness().args(["scenario", "rtt-sweep", "--emulation", "kernel-netem"]));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_failing(harness().args(["scenario", "rtt-sweep", "--emulation", "kernel-netem"]));
     assert!(
         err.contains("kernel-netem") && err.contains("inproc"),
         "{err}"
@@ -242,18 +247,14 @@ fn malformed_scenario_names_file_key_and_allowed_values() {
         tmp.path(),
         &TINY.replace("chunk_kib = [64]", "chunk_kb = [64]"),
     );
-    let out = run(harness().args(["scenario", scenario.to_str().unwrap()]));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_failing(harness().args(["scenario", scenario.to_str().unwrap()]));
     assert!(err.contains("tiny.toml"), "{err}");
     assert!(
         err.contains("chunk_kb") && err.contains("chunk_kib"),
         "{err}"
     );
 
-    let out = run(harness().args(["scenario", "no-such-scenario"]));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_failing(harness().args(["scenario", "no-such-scenario"]));
     assert!(
         err.contains("no-such-scenario") && err.contains("rtt-sweep"),
         "{err}"
