@@ -1,11 +1,11 @@
 //! The link relay between real namespaces: reachability and integrity,
 //! delay, loss, rate, counters, and clean shutdown.
 //!
-//! Each test builds its own topology (`ip netns` + veth, names prefixed
-//! `msbt-relay-<pid>-`) and removes it on drop, failure included:
+//! Each test builds its own relayed `netem::Topology` (namespaces prefixed
+//! `msbt-relay-`) and removes it on drop, failure included:
 //!
 //! ```text
-//! ns src: s0 10.222.N.1 <--> ns link: la [relay] lb <--> ns dst: d0 10.222.N.2
+//! ns src: veth-src .1 <--> ns link: link-src [relay] link-dst <--> ns dst: veth-dst .2
 //! ```
 //!
 //! Needs root and `ip`; without them each test prints why and passes.
@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use netem::link::{DirectionConfig, LinkConfig, LossModel, Relay, RelayError, RelayStats};
+use netem::topology::{Layout, Topology, LINK_DST_IF, LINK_SRC_IF, SRC_IF};
 use rand::{RngCore, SeedableRng};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -73,94 +74,40 @@ fn run(args: &[&str]) {
     );
 }
 
-/// Three namespaces joined through the link namespace; removed on drop.
+/// The relay's interfaces in the link namespace, and the veth ends in
+/// `src` and `dst`, as `netem::Topology` names them.
+const LA: &str = LINK_SRC_IF;
+const LB: &str = LINK_DST_IF;
+const S0: &str = SRC_IF;
+
+/// A relayed `netem::Topology` (src, link, dst; offloads and IPv6 off),
+/// with its namespace names at hand; removed on drop.
 struct Topo {
     src: String,
     link: String,
     dst: String,
-    subnet: u8,
-    created: Vec<String>,
+    inner: Topology,
 }
 
 impl Topo {
-    /// `tag` keeps names unique per test; `subnet` picks 10.222.subnet.0/24.
-    fn new(tag: &str, subnet: u8) -> Topo {
-        let prefix = format!("msbt-relay-{}-{tag}", std::process::id());
-        let mut topo = Topo {
-            src: format!("{prefix}-src"),
-            link: format!("{prefix}-link"),
-            dst: format!("{prefix}-dst"),
-            subnet,
-            created: Vec::new(),
-        };
-        for ns in [topo.src.clone(), topo.link.clone(), topo.dst.clone()] {
-            // A leftover of a killed run with this pid would make `add` fail.
-            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-            run(&["ip", "netns", "add", &ns]);
-            topo.created.push(ns.clone());
-            // No IPv6: no router solicitations or DAD frames in the counts.
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ]);
+    /// `tag` keeps names unique per test.
+    fn new(tag: &str) -> Topo {
+        let run_id = format!("{}_{tag}", std::process::id());
+        let inner = Topology::create_with_prefix("msbt-relay-", &run_id, Layout::Relayed).unwrap();
+        Topo {
+            src: inner.src_ns().to_owned(),
+            link: inner.link_ns().unwrap().to_owned(),
+            dst: inner.dst_ns().to_owned(),
+            inner,
         }
-        let (src, link, dst) = (&topo.src, &topo.link, &topo.dst);
-        run(&[
-            "ip", "-n", link, "link", "add", "la", "type", "veth", "peer", "name", "s0", "netns",
-            src,
-        ]);
-        run(&[
-            "ip", "-n", link, "link", "add", "lb", "type", "veth", "peer", "name", "d0", "netns",
-            dst,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            src,
-            "addr",
-            "add",
-            &format!("10.222.{subnet}.1/24"),
-            "dev",
-            "s0",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            dst,
-            "addr",
-            "add",
-            &format!("10.222.{subnet}.2/24"),
-            "dev",
-            "d0",
-        ]);
-        for (ns, ifname) in [
-            (src, "s0"),
-            (src, "lo"),
-            (link, "la"),
-            (link, "lb"),
-            (dst, "d0"),
-            (dst, "lo"),
-        ] {
-            run(&["ip", "-n", ns, "link", "set", ifname, "up"]);
-        }
-        for (ns, ifname) in [(src, "s0"), (link, "la"), (link, "lb"), (dst, "d0")] {
-            in_ns(ns, || netem::link::disable_offloads(ifname)).unwrap();
-        }
-        topo
     }
 
     fn src_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 222, self.subnet, 1)
+        self.inner.src_addr()
     }
 
     fn dst_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 222, self.subnet, 2)
+        self.inner.dst_addr()
     }
 
     fn link_ns(&self) -> File {
@@ -168,16 +115,7 @@ impl Topo {
     }
 
     fn relay(&self, config: LinkConfig) -> Relay {
-        Relay::start_in(self.link_ns(), "la", "lb", config).unwrap()
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the veth ends inside it.
-        for ns in &self.created {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        Relay::start_in(self.link_ns(), LA, LB, config).unwrap()
     }
 }
 
@@ -308,7 +246,7 @@ fn ping(client: &UdpSocket, seq: u64, timeout: Duration) -> Option<Duration> {
 fn without_the_relay_nothing_passes_with_it_8_mib_arrive_intact() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("tcp", 11);
+    let topo = Topo::new("tcp");
     let dst = SocketAddr::V4(SocketAddrV4::new(topo.dst_addr(), 5001));
     let _listener = in_ns(&topo.dst, || TcpListener::bind(dst).unwrap());
     let no_route = in_ns(&topo.src, || {
@@ -344,7 +282,7 @@ fn without_the_relay_nothing_passes_with_it_8_mib_arrive_intact() {
 fn round_trip_time_is_twice_the_one_way_delay() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("delay", 12);
+    let topo = Topo::new("delay");
     for (i, one_way) in [Duration::from_millis(5), Duration::from_millis(20)]
         .into_iter()
         .enumerate()
@@ -389,7 +327,7 @@ fn round_trip_time_is_twice_the_one_way_delay() {
 fn random_loss_drops_about_p_of_the_datagrams() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("loss", 13);
+    let topo = Topo::new("loss");
     let p = 0.05;
     let config = LinkConfig {
         seed: Some(13),
@@ -475,7 +413,7 @@ fn random_loss_drops_about_p_of_the_datagrams() {
 fn rate_limits_tcp_goodput() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("rate", 14);
+    let topo = Topo::new("rate");
     let rate: u64 = 50_000_000;
     let relay = topo.relay(LinkConfig::asymmetric(
         DirectionConfig {
@@ -514,7 +452,7 @@ fn rate_limits_tcp_goodput() {
 fn counters_add_up_with_loss_and_queue_drops() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("count", 15);
+    let topo = Topo::new("count");
     let config = LinkConfig {
         seed: Some(15),
         ..LinkConfig::asymmetric(
@@ -626,13 +564,13 @@ fn relay_threads() -> usize {
 fn stop_and_drop_join_the_threads_and_close_the_sockets() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("stop", 16);
+    let topo = Topo::new("stop");
     let link_ns = topo.link_ns();
     let fds = fd_count();
     assert_eq!(relay_threads(), 0);
 
     // Idle relay: stop must wake threads blocked in ppoll.
-    let relay = Relay::start_in(&link_ns, "la", "lb", LinkConfig::default()).unwrap();
+    let relay = Relay::start_in(&link_ns, LA, LB, LinkConfig::default()).unwrap();
     assert!(relay.is_running());
     expect_relay_threads(2);
     assert_eq!(fd_count(), fds + 5, "4 packet sockets and an eventfd");
@@ -644,8 +582,8 @@ fn stop_and_drop_join_the_threads_and_close_the_sockets() {
     // them, and they are counted as discarded.
     let relay = Relay::start_in(
         &link_ns,
-        "la",
-        "lb",
+        LA,
+        LB,
         LinkConfig::symmetric(DirectionConfig::with_delay(Duration::from_secs(30))),
     )
     .unwrap();
@@ -675,7 +613,7 @@ fn stop_and_drop_join_the_threads_and_close_the_sockets() {
     assert_eq!(relay_threads(), 0);
     assert_eq!(fd_count(), fds);
 
-    let relay = Relay::start_in(&link_ns, "la", "lb", LinkConfig::default()).unwrap();
+    let relay = Relay::start_in(&link_ns, LA, LB, LinkConfig::default()).unwrap();
     expect_relay_threads(2);
     drop(relay);
     assert_eq!(relay_threads(), 0);
@@ -686,10 +624,10 @@ fn stop_and_drop_join_the_threads_and_close_the_sockets() {
 fn bad_interfaces_and_configs_are_refused_with_their_name() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("err", 17);
+    let topo = Topo::new("err");
     let link_ns = topo.link_ns();
 
-    let err = Relay::start_in(&link_ns, "la", "nosuch0", LinkConfig::default()).unwrap_err();
+    let err = Relay::start_in(&link_ns, LA, "nosuch0", LinkConfig::default()).unwrap_err();
     assert!(
         matches!(&err, RelayError::Sys { interface, syscall, .. } if interface == "nosuch0" && syscall.contains("SIOCGIFINDEX")),
         "{err}"
@@ -697,35 +635,35 @@ fn bad_interfaces_and_configs_are_refused_with_their_name() {
     assert!(err.to_string().contains("nosuch0"), "{err}");
 
     // s0 lives in src, not in the link namespace.
-    let err = Relay::start_in(&link_ns, "la", "s0", LinkConfig::default()).unwrap_err();
+    let err = Relay::start_in(&link_ns, LA, S0, LinkConfig::default()).unwrap_err();
     assert!(
-        matches!(&err, RelayError::Sys { interface, .. } if interface == "s0"),
+        matches!(&err, RelayError::Sys { interface, .. } if interface == S0),
         "{err}"
     );
 
-    run(&["ip", "-n", &topo.link, "link", "set", "lb", "down"]);
-    let err = Relay::start_in(&link_ns, "la", "lb", LinkConfig::default()).unwrap_err();
+    run(&["ip", "-n", &topo.link, "link", "set", LB, "down"]);
+    let err = Relay::start_in(&link_ns, LA, LB, LinkConfig::default()).unwrap_err();
     assert!(
-        matches!(&err, RelayError::InterfaceDown(name) if name == "lb"),
+        matches!(&err, RelayError::InterfaceDown(name) if name == LB),
         "{err}"
     );
-    run(&["ip", "-n", &topo.link, "link", "set", "lb", "up"]);
+    run(&["ip", "-n", &topo.link, "link", "set", LB, "up"]);
 
-    let err = Relay::start_in(&link_ns, "la", "la", LinkConfig::default()).unwrap_err();
+    let err = Relay::start_in(&link_ns, LA, LA, LinkConfig::default()).unwrap_err();
     assert!(matches!(err, RelayError::SameInterface(_)), "{err}");
     let err =
-        Relay::start_in(&link_ns, "la", "a-name-far-too-long", LinkConfig::default()).unwrap_err();
+        Relay::start_in(&link_ns, LA, "a-name-far-too-long", LinkConfig::default()).unwrap_err();
     assert!(matches!(err, RelayError::InvalidName(_)), "{err}");
 
     let mut config = LinkConfig::default();
     config.a_to_b.loss = LossModel::Random { p: 2.0 };
-    let err = Relay::start_in(&link_ns, "la", "lb", config).unwrap_err();
+    let err = Relay::start_in(&link_ns, LA, LB, config).unwrap_err();
     assert!(matches!(err, RelayError::Config(_)), "{err}");
     assert!(err.to_string().contains("p = 2"), "{err}");
 
     // The namespace argument is honoured: the same names are not found
     // from this thread's own namespace.
-    if Relay::start("la", "lb", LinkConfig::default()).is_ok() {
+    if Relay::start(LA, LB, LinkConfig::default()).is_ok() {
         panic!("found la/lb outside the link namespace");
     }
 }
@@ -734,12 +672,12 @@ fn bad_interfaces_and_configs_are_refused_with_their_name() {
 fn oversized_frames_from_offloads_are_counted_not_sent() {
     let _serial = serial();
     require_root!();
-    let topo = Topo::new("tso", 18);
+    let topo = Topo::new("tso");
     // A fresh veth pair has offloads on; replace the src side's with one
     // and leave them so (TCP builds super-frames on s0).
-    run(&["ip", "-n", &topo.link, "link", "del", "la"]);
+    run(&["ip", "-n", &topo.link, "link", "del", LA]);
     run(&[
-        "ip", "-n", &topo.link, "link", "add", "la", "type", "veth", "peer", "name", "s0", "netns",
+        "ip", "-n", &topo.link, "link", "add", LA, "type", "veth", "peer", "name", S0, "netns",
         &topo.src,
     ]);
     run(&[
@@ -748,13 +686,13 @@ fn oversized_frames_from_offloads_are_counted_not_sent() {
         &topo.src,
         "addr",
         "add",
-        &format!("10.222.{}.1/24", topo.subnet),
+        &format!("{}/24", topo.src_addr()),
         "dev",
-        "s0",
+        S0,
     ]);
-    run(&["ip", "-n", &topo.src, "link", "set", "s0", "up"]);
-    run(&["ip", "-n", &topo.link, "link", "set", "la", "up"]);
-    let on = in_ns(&topo.src, || netem::link::offloads("s0")).unwrap();
+    run(&["ip", "-n", &topo.src, "link", "set", S0, "up"]);
+    run(&["ip", "-n", &topo.link, "link", "set", LA, "up"]);
+    let on = in_ns(&topo.src, || netem::link::offloads(S0)).unwrap();
     assert!(
         on.harmful().is_some(),
         "a fresh veth has offloads on: {on:?}"
