@@ -7,17 +7,16 @@
 //! sudo cargo run -p netem --example relay_capacity -- [SECONDS] [STREAMS] [BATCH]
 //! ```
 //!
-//! Defaults: 5 seconds, 1 stream, batch 64. Needs root and `ip`. Creates
-//! namespaces named `msbt-relaycap-<pid>-*` and removes them at the end.
+//! Defaults: 5 seconds, 1 stream, batch 64. Needs root and `ip`. Builds its
+//! namespaces with `netem::Topology` (prefix `msbt-rcap-`) and removes
+//! them at the end.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netem::link::{LinkConfig, Relay};
+use netem::topology::{Layout, NetNs, Topology, DST_IF, LINK_DST_IF, LINK_SRC_IF, SRC_IF};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -28,22 +27,21 @@ fn main() -> Result<()> {
     let batch: usize = args.next().map_or(Ok(64), |a| a.parse())?;
     let duration = Duration::from_secs(seconds);
 
-    let direct = Namespaces::direct()?;
+    let direct = Namespaces::new("direct", Layout::Direct)?;
     let plain = bulk(&direct, duration, streams)?;
     println!("plain veth (offloads off): {:.2} Gbit/s", plain / 1e9);
     drop(direct);
 
-    let topo = Namespaces::relayed()?;
+    let topo = Namespaces::new("relay", Layout::Relayed)?;
     let config = LinkConfig {
         batch,
         ..LinkConfig::default()
     };
-    let relay = Relay::start_in(
-        File::open(format!("/run/netns/{}-link", topo.prefix))?,
-        "la",
-        "lb",
-        config,
-    )?;
+    let link = topo
+        .link
+        .as_ref()
+        .ok_or("a relayed topology has a link namespace")?;
+    let relay = Relay::start_in(link, LINK_SRC_IF, LINK_DST_IF, config)?;
     let cpu_before = relay_cpu_seconds()?;
     let started = Instant::now();
     let relayed = bulk(&topo, duration, streams)?;
@@ -72,146 +70,46 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Namespaces `src` and `dst`, either joined by one veth pair or through a
-/// `link` namespace holding `la` and `lb`. Removed on drop.
+/// A `netem::Topology` with its namespaces opened. `Direct` leaves
+/// offloads on (kernel netem copes with them), so they are turned off here
+/// too: both transfers then move wire-sized frames.
 struct Namespaces {
-    prefix: String,
-    names: Vec<String>,
+    src: NetNs,
+    dst: NetNs,
+    link: Option<NetNs>,
+    topology: Topology,
 }
 
 impl Namespaces {
-    fn new(kind: &str, with_link: bool) -> Result<Self> {
-        let prefix = format!("msbt-relaycap-{}-{kind}", std::process::id());
-        let mut topo = Namespaces {
-            prefix: prefix.clone(),
-            names: Vec::new(),
-        };
-        let roles: &[&str] = if with_link {
-            &["src", "link", "dst"]
-        } else {
-            &["src", "dst"]
-        };
-        for role in roles {
-            let ns = format!("{prefix}-{role}");
-            ip(&["netns", "add", &ns])?;
-            topo.names.push(ns.clone());
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ])?;
+    fn new(kind: &str, layout: Layout) -> Result<Self> {
+        let run_id = format!("{}_{kind}", std::process::id());
+        let topology = Topology::create_with_prefix("msbt-rcap-", &run_id, layout)?;
+        let src = NetNs::open(topology.src_ns())?;
+        let dst = NetNs::open(topology.dst_ns())?;
+        let link = topology.link_ns().map(NetNs::open).transpose()?;
+        for (ns, ifname) in [(&src, SRC_IF), (&dst, DST_IF)] {
+            ns.run(|| netem::link::disable_offloads(ifname))??;
         }
-        Ok(topo)
+        Ok(Self {
+            src,
+            dst,
+            link,
+            topology,
+        })
     }
-
-    fn direct() -> Result<Self> {
-        let topo = Self::new("direct", false)?;
-        let (src, dst) = (topo.ns("src"), topo.ns("dst"));
-        ip(&[
-            "-n", &src, "link", "add", "s0", "type", "veth", "peer", "name", "d0", "netns", &dst,
-        ])?;
-        topo.finish(&[(&src, "s0"), (&dst, "d0")])?;
-        Ok(topo)
-    }
-
-    fn relayed() -> Result<Self> {
-        let topo = Self::new("relay", true)?;
-        let (src, link, dst) = (topo.ns("src"), topo.ns("link"), topo.ns("dst"));
-        ip(&[
-            "-n", &link, "link", "add", "la", "type", "veth", "peer", "name", "s0", "netns", &src,
-        ])?;
-        ip(&[
-            "-n", &link, "link", "add", "lb", "type", "veth", "peer", "name", "d0", "netns", &dst,
-        ])?;
-        topo.finish(&[(&src, "s0"), (&link, "la"), (&link, "lb"), (&dst, "d0")])?;
-        Ok(topo)
-    }
-
-    fn finish(&self, interfaces: &[(&String, &str)]) -> Result<()> {
-        ip(&[
-            "-n",
-            &self.ns("src"),
-            "addr",
-            "add",
-            "10.223.0.1/24",
-            "dev",
-            "s0",
-        ])?;
-        ip(&[
-            "-n",
-            &self.ns("dst"),
-            "addr",
-            "add",
-            "10.223.0.2/24",
-            "dev",
-            "d0",
-        ])?;
-        for (ns, ifname) in interfaces {
-            ip(&["-n", ns, "link", "set", ifname, "up"])?;
-            in_ns(ns, || netem::link::disable_offloads(ifname))??;
-        }
-        Ok(())
-    }
-
-    fn ns(&self, role: &str) -> String {
-        format!("{}-{role}", self.prefix)
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.names {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let mut full = vec!["ip"];
-    full.extend_from_slice(args);
-    sh(&full)
-}
-
-fn sh(args: &[&str]) -> Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    if !out.status.success() {
-        return Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(())
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = File::open(format!("/run/netns/{ns}"))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns only reads the descriptor, open for the
-                // call, and changes this thread's namespace only.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error().into());
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| "namespace thread panicked")?
-    })
 }
 
 /// TCP bulk from src to dst on `streams` connections for `duration`;
 /// returns the receivers' goodput in bit/s.
 fn bulk(topo: &Namespaces, duration: Duration, streams: usize) -> Result<f64> {
-    let addr = SocketAddr::V4(SocketAddrV4::new([10, 223, 0, 2].into(), 5201));
-    let listener = in_ns(&topo.ns("dst"), || TcpListener::bind(addr))??;
+    let addr = SocketAddr::V4(SocketAddrV4::new(topo.topology.dst_addr(), 5201));
+    let listener = topo.dst.run(|| TcpListener::bind(addr))??;
     let mut clients = Vec::new();
     for _ in 0..streams {
-        clients.push(in_ns(&topo.ns("src"), || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        })??);
+        clients.push(
+            topo.src
+                .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(10)))??,
+        );
     }
     let mut servers = Vec::new();
     for _ in 0..streams {
