@@ -7,7 +7,30 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use netem::calibrate::{CalibrationPlan, CalibrationReport, TargetCheck, Verdict};
 use netem::link::LinkConfig;
 
+use crate::emulation::EmulationChoice;
 use crate::network::Namespaces;
+
+/// What `netem check` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinkEmulator {
+    /// The kernel's netem where it works, else the project's relay.
+    Auto,
+    /// The project's packet relay in a third namespace.
+    UserspaceLink,
+    /// The kernel's netem qdisc on a direct veth pair.
+    KernelNetem,
+}
+
+impl LinkEmulator {
+    /// The emulation mode to resolve.
+    pub fn choice(self) -> EmulationChoice {
+        match self {
+            LinkEmulator::Auto => EmulationChoice::Auto,
+            LinkEmulator::UserspaceLink => EmulationChoice::UserspaceLink,
+            LinkEmulator::KernelNetem => EmulationChoice::KernelNetem,
+        }
+    }
+}
 
 /// Parses `50ms`, `500us`, `1.5s` (a bare number is milliseconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -76,19 +99,20 @@ pub fn run_plan() -> CalibrationPlan {
     }
 }
 
-/// Starts the relay with `config` on the run's link, measures through it,
-/// and stops it.
+/// Shapes the run's link with `config` (relay or kernel netem, as the
+/// topology is built), measures through it, and stops shaping.
 pub fn calibrate(
     net: &Namespaces,
     config: &LinkConfig,
     plan: &CalibrationPlan,
 ) -> Result<(CalibrationReport, Vec<TargetCheck>), String> {
-    let relay = net.start_relay(config.clone())?;
-    let report = netem::calibrate::run_with_relay(&net.topology, config, &relay, plan)
-        .map_err(|e| format!("calibrating the link: {e}"));
-    relay
-        .stop()
-        .map_err(|e| format!("stopping the packet relay: {e}"))?;
+    let link = net.start_link(config.clone())?;
+    let report = match link.relay() {
+        Some(relay) => netem::calibrate::run_with_relay(&net.topology, config, relay, plan),
+        None => netem::calibrate::run(&net.topology, config, plan),
+    }
+    .map_err(|e| format!("calibrating the link: {e}"));
+    link.stop()?;
     let report = report?;
     let checks = report.check_targets();
     Ok((report, checks))

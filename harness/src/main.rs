@@ -17,6 +17,7 @@ mod emulation;
 mod host;
 mod implementations;
 mod interrupt;
+mod link_calibration;
 mod network;
 mod placement;
 mod remote;
@@ -97,14 +98,19 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum NetemCommand {
-    /// Build a src/link/dst topology, relay packets with the given link
-    /// properties, and measure through it: TCP and UDP round trips, UDP
-    /// loss, bulk TCP throughput, and round trips under load. Prints
-    /// configured against measured for each target. Needs root.
+    /// Build the src and dst namespaces, shape the link between them with
+    /// the given properties, and measure through it: TCP and UDP round
+    /// trips, UDP loss, bulk TCP throughput, and round trips under load.
+    /// Prints configured against measured for each target. Needs root.
     #[command(after_help = "Examples:\n  \
         harness netem check --rtt 50ms\n  \
-        harness netem check --rtt 10ms --rate 100mbit --loss 1%")]
+        harness netem check --rtt 10ms --rate 100mbit --loss 1%\n  \
+        harness netem check --emulator kernel-netem   # where the kernel has netem")]
     Check {
+        /// What shapes the link: the kernel's netem where it works (auto),
+        /// or the project's packet relay.
+        #[arg(long, value_enum, default_value_t = calibration::LinkEmulator::Auto)]
+        emulator: calibration::LinkEmulator,
         /// Round-trip time (half each way).
         #[arg(long, default_value = "10ms", value_parser = calibration::parse_duration)]
         rtt: std::time::Duration,
@@ -185,23 +191,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             emulation,
         } => {
-            let scenario = scenario::load(&name, profile.name())?;
             let capabilities = doctor::probe_all();
-            let emulation =
-                emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
-            interrupt::install().context("installing the Ctrl-C handler")?;
-            let cells = scenario.cells();
-            eprintln!(
-                "scenario {} ({} profile): {} cells x {} repetitions, emulation {}, budget {} s per cell",
-                scenario.name,
-                scenario.profile,
-                cells.len(),
-                scenario.repetitions,
-                emulation,
-                scenario.cell_time_budget_s
-            );
-            let report = runner::run(&scenario, emulation, capabilities, &out)?;
-            println!("{}", reports::summary_table(&report.rows));
+            let report = match scenario::load_any(&name, profile.name())? {
+                scenario::AnyScenario::Region(scenario) => {
+                    let emulation =
+                        emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} cells x {} repetitions, emulation {}, budget {} s per cell",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.cells().len(),
+                        scenario.repetitions,
+                        emulation,
+                        scenario.cell_time_budget_s
+                    );
+                    let report = runner::run(&scenario, emulation, capabilities, &out)?;
+                    println!("{}", reports::summary_table(&report.rows));
+                    report
+                }
+                scenario::AnyScenario::LinkCalibration(scenario) => {
+                    if emulation != emulation::EmulationChoice::Auto {
+                        anyhow::bail!(
+                            "--emulation does not apply to {}: it measures the emulators its file \
+                             lists ({}); edit `emulators` in a copy of the file to choose",
+                            scenario.name,
+                            scenario
+                                .emulators
+                                .iter()
+                                .map(|e| e.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} emulator(s) x {} points x {} repetitions",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.emulators.len(),
+                        scenario.points().len(),
+                        scenario.repetitions,
+                    );
+                    let report = link_calibration::run(&scenario, capabilities, &out)?;
+                    println!("{}", link_calibration::table(&report.rows));
+                    for line in link_calibration::skipped_lines(&report.rows)
+                        .into_iter()
+                        .chain(link_calibration::capacity_lines(&report.rows))
+                    {
+                        println!("{line}");
+                    }
+                    report
+                }
+            };
             for w in &report.warnings {
                 println!("warning: {w}");
             }
@@ -219,8 +261,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List => {
             println!("scenarios (built in; run with `harness scenario NAME`):");
             for name in scenario::built_in_names() {
-                let s = scenario::load(name, "default")?;
-                println!("  {name:<16} {}", s.description);
+                let s = scenario::load_any(name, "default")?;
+                println!("  {name:<18} {}", s.description());
             }
             println!("\nimplementations:");
             for d in implementations::ALL {
@@ -233,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Netem(NetemCommand::Check {
+            emulator,
             rtt,
             jitter,
             rate,
@@ -246,9 +289,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 netem::calibrate::CalibrationPlan::default()
             };
-            let net = network::Namespaces::create().map_err(anyhow::Error::msg)?;
+            let emulation = emulation::resolve(emulator.choice(), &doctor::probe_all())
+                .map_err(anyhow::Error::msg)?;
+            let layout = emulation
+                .layout()
+                .context("netem check measures a packet-level link")?;
+            let net = network::Namespaces::create(layout).map_err(anyhow::Error::msg)?;
             eprintln!(
-                "measuring through the packet relay between {} and {} ...",
+                "measuring through {emulation} between {} and {} ...",
                 net.topology.src_ns(),
                 net.topology.dst_ns()
             );

@@ -19,10 +19,8 @@ use tokio::task::JoinHandle;
 use transports::server::{ServeError, ServeStats};
 use transports::FrpcClient;
 
-use netem::link::Relay;
-
 use crate::emulation::Emulation;
-use crate::network::{symmetric_link, Namespaces};
+use crate::network::{symmetric_link, Namespaces, ShapedLink};
 use crate::roles::child::RoleProcess;
 use crate::roles::protocol::RoleEvent;
 use crate::source::SourceImage;
@@ -36,10 +34,10 @@ enum Server {
     /// A task of this process, over an in-process stream.
     Task(JoinHandle<Result<ServeStats, ServeError>>),
     /// A `remote-backend` role process in the `src` namespace, reached
-    /// through the packet relay.
+    /// across the shaped link.
     Role {
         role: Box<RoleProcess>,
-        relay: Relay,
+        link: Box<ShapedLink>,
     },
 }
 
@@ -135,7 +133,7 @@ impl RemoteLink {
         rtt: Duration,
     ) -> Result<Self, String> {
         let topo = &net.topology;
-        let relay = net.start_relay(symmetric_link(rtt, Duration::ZERO, None, 0.0))?;
+        let link = net.start_link(symmetric_link(rtt, Duration::ZERO, None, 0.0))?;
 
         let exe =
             std::env::current_exe().map_err(|e| format!("finding the harness binary: {e}"))?;
@@ -179,7 +177,7 @@ impl RemoteLink {
             FrpcClient::new(stream),
             Server::Role {
                 role: Box::new(role),
-                relay,
+                link: Box::new(link),
             },
             rtt,
         ))
@@ -209,8 +207,8 @@ impl RemoteLink {
                 let delayed: SharedBackend = Arc::new(netem::PerCallDelay::new(source, rtt));
                 start(server_end, client_end, delayed, rtt)
             }
-            Emulation::UserspaceLink => {
-                let net = net.ok_or("userspace-link needs the run's namespaces")?;
+            Emulation::UserspaceLink | Emulation::KernelNetem => {
+                let net = net.ok_or("the packet-level modes need the run's namespaces")?;
                 Self::open_namespaced(net, image, rtt)?
             }
         })
@@ -222,23 +220,25 @@ impl RemoteLink {
         self.guarded.clone()
     }
 
-    /// Bytes that crossed the link so far, both directions: as the relay
-    /// counted them (whole frames) where there is one, else the stream's bytes.
-    pub fn transferred_bytes(&self) -> u64 {
+    /// Bytes that crossed the link so far, both directions: whole frames
+    /// as the relay or the kernel counted them across namespaces, else the
+    /// stream's bytes.
+    pub fn transferred_bytes(&self) -> Result<u64, String> {
         match &self.server {
-            Server::Role { relay, .. } => relay.stats().transferred_bytes(),
+            Server::Role { link, .. } => link.transferred_bytes(),
             Server::Task(_) => {
                 let s = self.client.stats();
-                s.bytes_sent + s.bytes_received
+                Ok(s.bytes_sent + s.bytes_received)
             }
         }
     }
 
     /// The packet relay's departure error, where a relay carries the link.
     pub fn relay_departure_error(&self) -> Option<hdrhistogram::Histogram<u64>> {
-        let Server::Role { relay, .. } = &self.server else {
+        let Server::Role { link, .. } = &self.server else {
             return None;
         };
+        let relay = link.relay()?;
         let stats = relay.stats();
         let mut h = stats.a_to_b.departure_error_ns;
         // Both directions were recorded with the same bounds.
@@ -259,16 +259,14 @@ impl RemoteLink {
                     Err("the remote server did not stop within 10 s of the client closing".into())
                 }
             },
-            Server::Role { role, relay } => {
+            Server::Role { role, link } => {
                 // Stopping the role waits on a pipe: keep it off the runtime's threads.
                 let stopped =
                     tokio::task::spawn_blocking(move || role.stop(Duration::from_secs(10)))
                         .await
                         .map_err(|e| format!("stopping the role: {e}"))?
                         .map_err(|e| e.to_string())?;
-                relay
-                    .stop()
-                    .map_err(|e| format!("stopping the packet relay: {e}"))?;
+                link.stop()?;
                 match stopped {
                     RoleEvent::Stopped { serve, .. } => Ok(serve.requests),
                     other => Err(format!("the remote backend role ended with {other:?}")),
@@ -337,7 +335,7 @@ mod tests {
                 "{mode:?}: faster than one round trip"
             );
             assert_eq!(got, bytes, "{mode:?}");
-            assert!(link.transferred_bytes() > bytes.len() as u64);
+            assert!(link.transferred_bytes().unwrap() > bytes.len() as u64);
             drop(client);
             let requests = rt.block_on(link.close()).unwrap();
             assert_eq!(requests, 1, "{mode:?}");

@@ -28,8 +28,58 @@ pub struct RunReport {
     pub warnings: Vec<String>,
 }
 
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A run's directory name: its UTC start time and the scenario.
+pub(crate) fn run_id(scenario: &str) -> String {
+    format!("{}-{scenario}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
+}
+
+/// The manifest every run starts with, and the warnings about this host
+/// and build that go in it.
+pub(crate) fn new_manifest(
+    run_id: String,
+    scenario: (&str, &str),
+    resolved: serde_json::Value,
+    emulation: EmulationInfo,
+    capabilities: Vec<Capability>,
+    cells_planned: usize,
+) -> Manifest {
+    let build = crate::host::build_info();
+    let mut warnings: Vec<String> = crate::host::build_warning(&build).into_iter().collect();
+    if crate::host::cpu_count() < 2 {
+        warnings.push("a single CPU: the workload and the fault handler share it".into());
+    }
+    Manifest {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        scenario: scenario.0.to_owned(),
+        profile: scenario.1.to_owned(),
+        started_at: utc_now(),
+        finished_at: None,
+        host: crate::host::host_info(),
+        build,
+        capabilities,
+        emulation,
+        scenario_resolved: resolved,
+        cells_planned,
+        cells_recorded: 0,
+        warnings,
+    }
+}
+
+/// The progress line long runs draw on stderr.
+pub(crate) fn progress_bar(total: usize) -> ProgressBar {
+    let progress = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} cell {pos}/{len} [{elapsed_precise}, ETA {eta}] {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    progress
 }
 
 /// Runs `scenario` under `emulation`, writing into a new directory below `out`.
@@ -39,49 +89,35 @@ pub fn run(
     capabilities: Vec<Capability>,
     out: &Path,
 ) -> anyhow::Result<RunReport> {
-    let started = chrono::Utc::now();
-    let run_id = format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), scenario.name);
+    let run_id = run_id(&scenario.name);
     let dir = out.join(&run_id);
     let cells = scenario.cells();
     let total = cells.len() * scenario.repetitions as usize;
 
-    let build = crate::host::build_info();
-    let mut warnings: Vec<String> = crate::host::build_warning(&build).into_iter().collect();
-    if crate::host::cpu_count() < 2 {
-        warnings.push("a single CPU: the workload and the fault handler share it".into());
-    }
-    let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
+    let manifest = new_manifest(
         run_id,
-        scenario: scenario.name.clone(),
-        profile: scenario.profile.clone(),
-        started_at: utc_now(),
-        finished_at: None,
-        host: crate::host::host_info(),
-        build,
-        capabilities: capabilities.clone(),
-        emulation: EmulationInfo {
+        (&scenario.name, &scenario.profile),
+        serde_json::to_value(scenario).context("encoding the scenario")?,
+        EmulationInfo {
             mode: emulation.name().into(),
             emulator: emulation.emulator().into(),
             accuracy: None,
             calibration: vec![],
         },
-        scenario_resolved: serde_json::to_value(scenario).context("encoding the scenario")?,
-        cells_planned: total,
-        cells_recorded: 0,
-        warnings: warnings.clone(),
-    };
+        capabilities.clone(),
+        total,
+    );
+    let mut warnings = manifest.warnings.clone();
     let mut writer = RunWriter::create(&dir, manifest)
         .with_context(|| format!("creating the run directory under {}", out.display()))?;
 
     // Created once per run; dropped (namespaces deleted) when the run ends,
     // errors included.
-    let network = match emulation {
-        Emulation::UserspaceLink => {
-            Some(crate::network::Namespaces::create().map_err(anyhow::Error::msg)?)
-        }
-        _ => None,
-    };
+    let network = emulation
+        .layout()
+        .map(crate::network::Namespaces::create)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     if let Some(net) = &network {
         let calibration = calibrate_link(net, &cells);
         let m = writer.manifest_mut();
@@ -102,13 +138,7 @@ pub fn run(
         .build()
         .context("starting the async runtime")?;
 
-    let progress = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} cell {pos}/{len} [{elapsed_precise}, ETA {eta}] {wide_msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = progress_bar(total);
     let mut sources = SourceCache::new(scenario.seed);
     let mut emulator_error = LatencyHistogram::new();
     let mut interrupted = false;
@@ -318,6 +348,7 @@ fn fill_measured(
         cpu_s: Some(cpu_s),
         total_ms: Some((m.setup + w.elapsed).as_secs_f64() * 1e3),
         integrity: Some(m.integrity),
+        other: BTreeMap::new(),
     };
     record
         .histograms

@@ -44,7 +44,13 @@ pub enum ScenarioError {
 }
 
 /// Built-in scenarios, compiled in so the binary runs from any directory.
-const BUILT_IN: &[(&str, &str)] = &[("rtt-sweep", include_str!("../../scenarios/rtt-sweep.toml"))];
+const BUILT_IN: &[(&str, &str)] = &[
+    ("rtt-sweep", include_str!("../../scenarios/rtt-sweep.toml")),
+    (
+        "netem-calibration",
+        include_str!("../../scenarios/netem-calibration.toml"),
+    ),
+];
 
 /// Names of the built-in scenarios.
 pub fn built_in_names() -> impl Iterator<Item = &'static str> {
@@ -123,6 +129,10 @@ pub struct ProfileOverride {
 #[serde(deny_unknown_fields)]
 struct ScenarioFile {
     name: String,
+    /// [`REGION_KIND`] when given; [`load_any`] dispatches on it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    kind: Option<String>,
     description: String,
     #[serde(default)]
     figures: Vec<String>,
@@ -219,8 +229,122 @@ impl CellSpec {
     }
 }
 
-/// Loads a scenario by built-in name or path and applies `profile`.
-pub fn load(name_or_path: &str, profile: &str) -> Result<Scenario, ScenarioError> {
+/// The default `kind`: implementations reading a region over a link.
+pub const REGION_KIND: &str = "region";
+
+/// A scenario of either kind, profile applied.
+#[derive(Debug)]
+pub enum AnyScenario {
+    Region(Scenario),
+    LinkCalibration(crate::link_calibration::LinkCalibrationScenario),
+}
+
+impl AnyScenario {
+    /// One line for `harness list`.
+    pub fn description(&self) -> &str {
+        match self {
+            AnyScenario::Region(s) => &s.description,
+            AnyScenario::LinkCalibration(s) => &s.description,
+        }
+    }
+}
+
+/// Loads a scenario of any kind by built-in name or path and applies
+/// `profile`.
+pub fn load_any(name_or_path: &str, profile: &str) -> Result<AnyScenario, ScenarioError> {
+    let (origin, text) = read_source(name_or_path)?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ScenarioError::Parse {
+        origin: origin.clone(),
+        message: e.to_string(),
+    })?;
+    match table.get("kind").map(|k| k.as_str()) {
+        None | Some(Some(REGION_KIND)) => parse(&origin, &text, profile).map(AnyScenario::Region),
+        Some(Some(crate::link_calibration::KIND)) => {
+            crate::link_calibration::parse(&origin, &text, profile)
+                .map(AnyScenario::LinkCalibration)
+        }
+        Some(other) => Err(ScenarioError::Invalid {
+            origin,
+            key: "kind".into(),
+            message: format!(
+                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\"",
+                other.map_or_else(|| "a non-string".to_owned(), |k| format!("\"{k}\"")),
+                crate::link_calibration::KIND
+            ),
+        }),
+    }
+}
+
+/// The file's table with `[profiles.PROFILE]` merged over it (tables merge
+/// key by key, anything else is replaced) and `profiles` removed. For
+/// scenario kinds whose settings are all plain data.
+pub fn merge_profile(
+    origin: &str,
+    text: &str,
+    profile: &str,
+) -> Result<toml::Table, ScenarioError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    let profiles = match table.remove("profiles") {
+        None => toml::Table::new(),
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => {
+            return Err(ScenarioError::Invalid {
+                origin: origin.to_owned(),
+                key: "profiles".into(),
+                message: "must be a table of profile tables".into(),
+            })
+        }
+    };
+    for name in profiles.keys() {
+        if !["quick", "default", "thesis"].contains(&name.as_str()) {
+            return Err(ScenarioError::Invalid {
+                origin: origin.to_owned(),
+                key: format!("profiles.{name}"),
+                message: "unknown profile; allowed: quick, default, thesis".into(),
+            });
+        }
+    }
+    match profiles.get(profile) {
+        Some(toml::Value::Table(over)) => merge_into(&mut table, over),
+        Some(_) => {
+            return Err(ScenarioError::Invalid {
+                origin: origin.to_owned(),
+                key: format!("profiles.{profile}"),
+                message: "must be a table".into(),
+            })
+        }
+        None if profile == "default" => {}
+        None => {
+            let mut known: Vec<&str> = profiles.keys().map(String::as_str).collect();
+            if !known.contains(&"default") {
+                known.insert(0, "default");
+            }
+            return Err(ScenarioError::UnknownProfile {
+                origin: origin.to_owned(),
+                profile: profile.to_owned(),
+                known: known.join(", "),
+            });
+        }
+    }
+    Ok(table)
+}
+
+fn merge_into(base: &mut toml::Table, over: &toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_into(b, o),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// The text of a built-in scenario or a file, and how errors name it.
+fn read_source(name_or_path: &str) -> Result<(String, String), ScenarioError> {
     let is_path = name_or_path.ends_with(".toml") || name_or_path.contains('/');
     let (origin, text) = if is_path {
         let path = Path::new(name_or_path);
@@ -239,7 +363,7 @@ pub fn load(name_or_path: &str, profile: &str) -> Result<Scenario, ScenarioError
             })?;
         (format!("`{name_or_path}` (built in)"), (*text).to_owned())
     };
-    parse(&origin, &text, profile)
+    Ok((origin, text))
 }
 
 /// Parses and validates scenario text; `origin` names it in errors.
@@ -478,7 +602,7 @@ mod tests {
     fn every_built_in_scenario_parses_under_every_profile_it_has() {
         for (name, _) in BUILT_IN {
             for profile in ["quick", "default", "thesis"] {
-                load(name, profile).unwrap();
+                load_any(name, profile).unwrap();
             }
         }
     }
@@ -548,6 +672,25 @@ mod tests {
     fn missing_profile_lists_the_known_ones() {
         let e = parse("f.toml", GOOD, "thesis").unwrap_err().to_string();
         assert!(e.contains("thesis") && e.contains("quick"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kind_names_the_allowed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, format!("kind = \"fancy\"\n{GOOD}")).unwrap();
+        let e = load_any(path.to_str().unwrap(), "default")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"fancy\"") && e.contains("link-calibration") && e.contains("region"),
+            "{e}"
+        );
+        std::fs::write(&path, format!("kind = \"region\"\n{GOOD}")).unwrap();
+        assert!(matches!(
+            load_any(path.to_str().unwrap(), "default").unwrap(),
+            AnyScenario::Region(_)
+        ));
     }
 
     #[test]

@@ -231,8 +231,22 @@ fn per_call_emulation_is_recorded_and_intact() {
     }
 }
 
+/// Whether `harness doctor` finds `capability` on this host.
+fn host_has(capability: &str) -> bool {
+    let out = run(harness().args(["doctor", "--json"]));
+    let caps: Value = serde_json::from_slice(&out.stdout).unwrap();
+    caps.as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == capability && c["present"] == true)
+}
+
 #[test]
 fn unavailable_emulation_mode_fails_naming_what_is_available() {
+    if is_root() && host_has("kernel netem") {
+        eprintln!("skipping: kernel-netem is available here, so asking for it does not fail");
+        return;
+    }
     let err = run_failing(harness().args(["scenario", "rtt-sweep", "--emulation", "kernel-netem"]));
     assert!(
         err.contains("kernel-netem") && err.contains("inproc"),
@@ -467,6 +481,91 @@ fn userspace_link_runs_across_namespaces_and_cleans_up() {
         project_namespaces().is_empty(),
         "left behind: {:?}",
         project_namespaces()
+    );
+}
+
+/// The link-calibration scenario measures the link at each point, records
+/// configured beside measured (within twice the RTT targets), skips the
+/// emulators this host lacks with the reason, and leaves nothing behind.
+#[test]
+fn link_calibration_scenario_measures_each_point_and_cleans_up() {
+    if !is_root() {
+        eprintln!("skipping: link calibration needs root");
+        return;
+    }
+    let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        tmp.path(),
+        r#"
+        name = "cal"
+        kind = "link-calibration"
+        description = "d"
+        emulators = ["userspace-link", "kernel-netem"]
+        repetitions = 1
+        [axes]
+        rtt_ms = [2]
+        rate_mbit = [0, 50]
+        [plan]
+        round_trips = 100
+        udp_probes = 200
+        bulk_warmup_s = 0.3
+        bulk_s = 0.5
+        "#,
+    );
+    let out_dir = tmp.path().join("runs");
+    let out = run(harness()
+        .arg("scenario")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out_dir));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("userspace-link capacity:"), "{stdout}");
+    let dir = run_dir(&out_dir);
+    let cells = cells(&dir);
+    assert_eq!(cells.len(), 4);
+    let netem_here = host_has("kernel netem");
+    for c in &cells {
+        let m = &c["metrics"];
+        if c["implementation"] == "kernel-netem" && !netem_here {
+            assert_eq!(c["status"], "skipped", "{c}");
+            assert!(c["reason"].as_str().unwrap().contains("sch_netem"), "{c}");
+            continue;
+        }
+        assert_eq!(c["status"], "ok", "{c}");
+        assert_eq!(m["rtt_configured_ms"], 2.0);
+        // Twice the target: max(2%, 100 us) at the median.
+        let p50 = m["rtt_p50_ms"].as_f64().unwrap();
+        assert!((p50 - 2.0).abs() <= 0.2, "{c}");
+        assert!(m["goodput_mbit_s"].as_f64().unwrap() > 0.0, "{c}");
+        if c["params"]["rate_mbit"] == 0.0 {
+            assert_eq!(m["capacity_mbit_s"], m["goodput_mbit_s"], "{c}");
+        } else {
+            // Twice the 5% target, against the payload the rate carries.
+            let ceiling = m["goodput_ceiling_mbit_s"].as_f64().unwrap();
+            let goodput = m["goodput_mbit_s"].as_f64().unwrap();
+            assert!((goodput - ceiling).abs() <= 0.1 * ceiling, "{c}");
+        }
+    }
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let measured = manifest["emulation"]["calibration"].as_array().unwrap();
+    assert_eq!(measured.len(), if netem_here { 4 } else { 2 });
+    assert!(
+        project_namespaces().is_empty(),
+        "left behind: {:?}",
+        project_namespaces()
+    );
+}
+
+#[test]
+fn emulation_flag_is_refused_for_a_link_calibration() {
+    let err =
+        run_failing(harness().args(["scenario", "netem-calibration", "--emulation", "inproc"]));
+    assert!(
+        err.contains("--emulation") && err.contains("emulators"),
+        "{err}"
     );
 }
 

@@ -20,6 +20,8 @@
 //! - [`link`]: the packet relay between two interfaces: loss, drop-tail
 //!   queue, rate, delay and jitter per direction, with counters and its
 //!   departure error.
+//! - [`kernel_netem`]: [`KernelNetem`], the same link model as the kernel's
+//!   netem qdisc on a direct veth pair, where the kernel has it.
 //!
 //! # Example
 //!
@@ -49,12 +51,14 @@
 
 pub mod calibrate;
 pub mod delay_line;
+pub mod kernel_netem;
 pub mod link;
 pub mod per_call;
 pub mod timer;
 pub mod topology;
 
 pub use delay_line::{DelayLine, DelayStream, LinkStats};
+pub use kernel_netem::{KernelNetem, KernelNetemError};
 pub use per_call::PerCallDelay;
 pub use timer::{precise_sleep, precise_sleep_until, PreciseSleep};
 pub use topology::{Layout, NetNs, Topology, TopologyError};

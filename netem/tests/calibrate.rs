@@ -255,10 +255,73 @@ fn fifty_mbit_rate_gives_goodput_just_below_it() {
         report.loaded_rtt,
         report.idle_rtt
     );
+    // The relay saw that queue, and the loaded median is judged against the
+    // configured RTT plus it: never below (no frame leaves before its
+    // schedule), and above by far less than the queue itself (a queue the
+    // check did not account for would put the whole wait there). The
+    // target's own bound (max(2%, 100 us)) is missed here by 0.7-1 ms: on
+    // two cores the relay's spinning threads take CPU from the endpoints
+    // while the flow saturates the link (see the netem README).
+    assert!(relay.loaded_queue_wait_a_to_b_ns.count > 0);
+    let queue = relay.loaded_queue_wait_a_to_b_ns.p50_ns as f64;
+    assert!(queue >= 1e6, "{:?}", relay.loaded_queue_wait_a_to_b_ns);
     let checks = report.check_targets();
-    assert_eq!(check(&checks, "loaded_rtt_p50").verdict, Verdict::Skipped);
+    let loaded = check(&checks, "loaded_rtt_p50");
+    assert_ne!(loaded.verdict, Verdict::Skipped, "{loaded:?}");
+    assert!(loaded.error() >= -loaded.allowed_error, "{loaded:?}");
+    assert!(loaded.error() < 0.5 * queue, "{loaded:?}");
+    assert_eq!(check(&checks, "loaded_rtt_p99").verdict, Verdict::Skipped);
     assert_ne!(check(&checks, "bulk_goodput").verdict, Verdict::Skipped);
     link.finish();
+}
+
+/// Where the kernel has netem, it shapes a direct link and calibration
+/// measures it; where it has not (this project's dev machine), applying it
+/// fails with `tc`'s reason, and nothing is left behind either way.
+#[test]
+fn kernel_netem_shapes_a_direct_link_or_says_why_not() {
+    require_root!("kernel_netem_shapes_a_direct_link_or_says_why_not");
+    let _serial = serial();
+    let config = LinkConfig::symmetric(DirectionConfig::with_delay(Duration::from_millis(5)));
+    let topology =
+        Topology::create_with_prefix(PREFIX, &Topology::new_run_id(), Layout::Direct).unwrap();
+    match netem::KernelNetem::apply(&topology, &config) {
+        Ok(shaped) => {
+            let report = calibrate::run(&topology, &config, &CalibrationPlan::quick()).unwrap();
+            let checks = report.check_targets();
+            let idle = check(&checks, "idle_rtt_p50");
+            assert!(idle.error().abs() <= 2.0 * idle.allowed_error, "{idle:?}");
+            assert!(shaped.transferred_bytes().unwrap() >= report.bulk.bytes);
+            shaped.remove().unwrap();
+        }
+        Err(netem::KernelNetemError::Tc {
+            stderr, command, ..
+        }) => {
+            assert!(command.contains("netem"), "{command}");
+            assert!(!stderr.is_empty(), "tc failed without saying why");
+            eprintln!("kernel netem is not available here: {stderr}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+    let names = topology.namespaces();
+    topology.destroy().unwrap();
+    for name in names {
+        assert!(
+            !Path::new("/run/netns").join(&name).exists(),
+            "{name} left behind"
+        );
+    }
+}
+
+#[test]
+fn kernel_netem_refuses_a_relayed_topology() {
+    require_root!("kernel_netem_refuses_a_relayed_topology");
+    let _serial = serial();
+    let topology =
+        Topology::create_with_prefix(PREFIX, &Topology::new_run_id(), Layout::Relayed).unwrap();
+    let err = netem::KernelNetem::apply(&topology, &LinkConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("relayed"), "{err}");
+    topology.destroy().unwrap();
 }
 
 #[test]

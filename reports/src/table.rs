@@ -110,6 +110,7 @@ mod tests {
             integrity: (ok > 0).then_some(true),
             reason: reason.map(String::from),
             medians: BTreeMap::from([("read_throughput_mib_s", 1234.5)]),
+            other_medians: BTreeMap::new(),
         }
     }
 

@@ -139,6 +139,11 @@ pub struct Metrics {
     /// SHA-256 of the destination region equals the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity: Option<bool>,
+    /// Metrics of scenarios the fields above do not cover (a link
+    /// calibration's `rtt_p50_ms`, `goodput_mbit_s`, ...), by name. Kept
+    /// flat in the record so every metric is looked up the same way.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, f64>,
 }
 
 /// One repetition of one cell.

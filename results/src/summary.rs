@@ -43,6 +43,9 @@ pub struct SummaryRow {
     pub reason: Option<String>,
     /// Median over data repetitions, by [`SUMMARY_METRICS`] name.
     pub medians: BTreeMap<&'static str, f64>,
+    /// Median over data repetitions of each metric in
+    /// [`crate::Metrics::other`], by name.
+    pub other_medians: BTreeMap<String, f64>,
 }
 
 fn scalar(record: &CellRecord, name: &str) -> Option<f64> {
@@ -111,6 +114,18 @@ fn summarize_cell(reps: &[&CellRecord]) -> SummaryRow {
             medians.insert(name, m);
         }
     }
+    let mut other_medians = BTreeMap::new();
+    let other_names: std::collections::BTreeSet<&String> =
+        data.iter().flat_map(|r| r.metrics.other.keys()).collect();
+    for name in other_names {
+        let mut values: Vec<f64> = data
+            .iter()
+            .filter_map(|r| r.metrics.other.get(name).copied())
+            .collect();
+        if let Some(m) = median(&mut values) {
+            other_medians.insert(name.clone(), m);
+        }
+    }
     SummaryRow {
         cell_id: first.cell_id.clone(),
         scenario: first.scenario.clone(),
@@ -129,6 +144,7 @@ fn summarize_cell(reps: &[&CellRecord]) -> SummaryRow {
             .filter(|r| r.status != CellStatus::Ok)
             .find_map(|r| r.reason.clone()),
         medians,
+        other_medians,
     }
 }
 
@@ -141,7 +157,8 @@ pub fn param_text(value: &serde_json::Value) -> String {
 }
 
 /// Writes the rows as CSV: fixed columns, then one column per parameter
-/// name found in any row, then the metric medians.
+/// name found in any row, then the metric medians ([`SUMMARY_METRICS`],
+/// then every other metric found in any row, by name).
 pub fn write_csv(rows: &[SummaryRow], out: impl io::Write) -> io::Result<()> {
     let mut param_names: Vec<&str> = rows
         .iter()
@@ -149,6 +166,12 @@ pub fn write_csv(rows: &[SummaryRow], out: impl io::Write) -> io::Result<()> {
         .collect();
     param_names.sort_unstable();
     param_names.dedup();
+    let mut other_names: Vec<&str> = rows
+        .iter()
+        .flat_map(|r| r.other_medians.keys().map(String::as_str))
+        .collect();
+    other_names.sort_unstable();
+    other_names.dedup();
 
     let mut w = csv::Writer::from_writer(out);
     let mut header: Vec<String> = [
@@ -169,6 +192,7 @@ pub fn write_csv(rows: &[SummaryRow], out: impl io::Write) -> io::Result<()> {
     .collect();
     header.extend(param_names.iter().map(|p| p.to_string()));
     header.extend(SUMMARY_METRICS.iter().map(|m| format!("{m}_median")));
+    header.extend(other_names.iter().map(|m| format!("{m}_median")));
     header.push("reason".into());
     w.write_record(&header)?;
 
@@ -196,6 +220,12 @@ pub fn write_csv(rows: &[SummaryRow], out: impl io::Write) -> io::Result<()> {
                 .iter()
                 .map(|m| r.medians.get(m).map(|v| format!("{v}")).unwrap_or_default()),
         );
+        rec.extend(other_names.iter().map(|m| {
+            r.other_medians
+                .get(*m)
+                .map(|v| format!("{v}"))
+                .unwrap_or_default()
+        }));
         rec.push(r.reason.clone().unwrap_or_default());
         w.write_record(&rec)?;
     }
@@ -239,5 +269,40 @@ mod tests {
         let header = text.lines().next().unwrap();
         assert!(header.contains(",rtt_ms,"), "{header}");
         assert!(text.contains("\"boom, with a comma\""), "{text}");
+    }
+
+    #[test]
+    fn other_metrics_get_medians_and_csv_columns() {
+        let mut recs = vec![
+            record(0, CellStatus::Ok, 1.0),
+            record(1, CellStatus::Ok, 1.0),
+            record(2, CellStatus::Failed, 1.0),
+        ];
+        for (r, goodput) in recs.iter_mut().zip([90.0, 100.0, 5000.0]) {
+            r.metrics.other.insert("goodput_mbit_s".into(), goodput);
+        }
+        let rows = summarize(&recs);
+        assert_eq!(rows[0].other_medians["goodput_mbit_s"], 95.0);
+        let mut out = Vec::new();
+        write_csv(&rows, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let column = header
+            .iter()
+            .position(|h| *h == "goodput_mbit_s_median")
+            .unwrap();
+        assert_eq!(row[column], "95");
+    }
+
+    #[test]
+    fn other_metrics_round_trip_flat_in_the_record() {
+        let mut rec = record(0, CellStatus::Ok, 1.0);
+        rec.metrics.other.insert("rtt_p50_ms".into(), 10.2);
+        let json = serde_json::to_value(&rec).unwrap();
+        assert_eq!(json["metrics"]["rtt_p50_ms"], 10.2);
+        let back: CellRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.metrics, rec.metrics);
     }
 }

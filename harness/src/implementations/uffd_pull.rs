@@ -10,6 +10,7 @@ use results::LatencyHistogram;
 use uffd::{UffdConfig, UffdError, UffdRegion};
 
 use super::{verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
+use crate::emulation::Emulation;
 use crate::placement::{handler_cpu, run_workload_placed};
 use crate::remote::RemoteLink;
 use crate::workload::run_reads;
@@ -86,7 +87,10 @@ fn run(ctx: &CellContext) -> CellOutcome {
     let handler_error = region.error();
     let stats = region.stats();
     drop(region);
-    let transferred = link.transferred_bytes();
+    let transferred = link
+        .transferred_bytes()
+        .map_err(|e| tracing::warn!(error = %e, "transferred bytes not recorded"))
+        .ok();
     let relay_error = link.relay_departure_error();
     if let Err(e) = ctx.runtime.block_on(link.close()) {
         return CellOutcome::Failed(e);
@@ -103,19 +107,20 @@ fn run(ctx: &CellContext) -> CellOutcome {
         .map(|(cpu, n)| (cpu.to_string(), *n))
         .collect();
     // What delayed the bytes: the relay's departure error where packets
-    // are relayed, else the in-process timer's wake error.
-    let emulator_error = match relay_error {
-        Some(relay) => {
+    // are relayed, the in-process timer's wake error where that timer
+    // delays; the kernel's netem reports no such thing.
+    let emulator_error = match (ctx.emulation, relay_error) {
+        (_, Some(relay)) => {
             let mut h = LatencyHistogram::new();
             h.merge(&relay);
             Some(h)
         }
-        None if !rtt.is_zero() => {
+        (Emulation::Inproc | Emulation::PerCall, None) if !rtt.is_zero() => {
             let mut h = LatencyHistogram::new();
             h.merge(&netem::timer::lateness_snapshot());
             Some(h)
         }
-        None => None,
+        _ => None,
     };
     CellOutcome::Measured(Box::new(Measured {
         setup,
@@ -124,7 +129,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
         integrity_scope,
         fault_latency,
         faults: Some(stats.faults),
-        transferred_bytes: Some(transferred),
+        transferred_bytes: transferred,
         handler_cpus,
         emulator_error,
     }))

@@ -69,7 +69,7 @@ pub(super) fn measure(
         (udp_loss.expected * (1.0 - udp_loss.expected) / udp_loss.sent as f64).sqrt()
     };
     let bulk = bulk(env, configured.rate_bps)?;
-    let (loaded_rtt, loaded_goodput_bps) = loaded_round_trips(env)?;
+    let loaded = loaded_round_trips(env)?;
 
     let relay = match (env.relay, start_stats, before_udp, after_udp) {
         (Some(relay), Some(start), Some(before_udp), Some(after_udp)) => {
@@ -86,6 +86,24 @@ pub(super) fn measure(
                     &end.b_to_a.departure_error_ns,
                     &start.b_to_a.departure_error_ns,
                 )),
+                loaded_queue_wait_a_to_b_ns: loaded.queue_waits.as_ref().map_or_else(
+                    HistSummary::default,
+                    |(before, after)| {
+                        HistSummary::from_histogram(&histogram_delta(
+                            &after.a_to_b.queue_wait_ns,
+                            &before.a_to_b.queue_wait_ns,
+                        ))
+                    },
+                ),
+                loaded_queue_wait_b_to_a_ns: loaded.queue_waits.as_ref().map_or_else(
+                    HistSummary::default,
+                    |(before, after)| {
+                        HistSummary::from_histogram(&histogram_delta(
+                            &after.b_to_a.queue_wait_ns,
+                            &before.b_to_a.queue_wait_ns,
+                        ))
+                    },
+                ),
                 bulk_frame_bps: bulk.frame_bps.unwrap_or(0.0),
                 udp_phase_dropped_loss: loss_drops(&after_udp)
                     .saturating_sub(loss_drops(&before_udp)),
@@ -106,12 +124,12 @@ pub(super) fn measure(
     Ok(CalibrationReport {
         plan: env.plan.clone(),
         idle_rtt,
-        loaded_rtt,
+        loaded_rtt: loaded.rtt,
         udp_rtt,
         udp_loss,
         bulk_goodput_bps: bulk.goodput_bps,
         bulk: bulk.detail,
-        loaded_goodput_bps,
+        loaded_goodput_bps: loaded.goodput_bps,
         relay,
         configured,
     })
@@ -732,7 +750,15 @@ fn bulk(env: &Env<'_>, rate_bps: Option<u64>) -> Result<BulkResult, CalibrationE
     })
 }
 
-fn loaded_round_trips(env: &Env<'_>) -> Result<(HistSummary, f64), CalibrationError> {
+/// Phase 4's measurements.
+struct Loaded {
+    rtt: HistSummary,
+    goodput_bps: f64,
+    /// Relay counters just before and just after the round trips.
+    queue_waits: Option<(RelayStats, RelayStats)>,
+}
+
+fn loaded_round_trips(env: &Env<'_>) -> Result<Loaded, CalibrationError> {
     let ctx = Ctx {
         phase: Phase::LoadedRtt,
         timeout: env.plan.io_timeout,
@@ -745,15 +771,21 @@ fn loaded_round_trips(env: &Env<'_>) -> Result<(HistSummary, f64), CalibrationEr
         let flow = start_bulk(s, env, &shared, ctx)?;
         std::thread::sleep(env.plan.bulk_warmup);
         let from = Mark::take(&shared, None);
+        let relay_before = env.relay.map(Relay::stats);
         let result = echoed_round_trips(&client, server, env, ctx, || {
             Instant::now() + env.plan.loaded_duration
         });
+        let relay_after = env.relay.map(Relay::stats);
         let to = Mark::take(&shared, None);
         let stopped = flow.stop(&shared, ctx);
         let hist = result?;
         stopped?;
         let (goodput_bps, ..) = rates(&from, &to);
-        Ok((HistSummary::from_histogram(&hist), goodput_bps))
+        Ok(Loaded {
+            rtt: HistSummary::from_histogram(&hist),
+            goodput_bps,
+            queue_waits: relay_before.zip(relay_after),
+        })
     })
 }
 

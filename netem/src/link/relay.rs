@@ -236,6 +236,8 @@ struct Loop {
     batch: Batch,
     tally: Tally,
     errors: Vec<u64>,
+    /// Queue waits of the frames admitted in this batch, in ns.
+    waits: Vec<u64>,
     /// A send error was already logged: later ones are only counted.
     send_error_logged: bool,
 }
@@ -254,6 +256,7 @@ impl Worker {
             batch: Batch::new(self.batch),
             tally: Tally::default(),
             errors: Vec::with_capacity(self.batch),
+            waits: Vec::with_capacity(self.batch),
             send_error_logged: false,
         };
         tracing::debug!(direction = self.direction, ingress = %self.ingress, egress = %self.egress, slot_size, "relay thread running");
@@ -390,6 +393,9 @@ impl Worker {
                     Verdict::Lost => Some(Outcome::Loss),
                     Verdict::QueueFull => Some(Outcome::Queue),
                     Verdict::Depart(departure) => {
+                        state
+                            .waits
+                            .push(self.shaper.last_queue_wait().as_nanos() as u64);
                         state.pending.push_back(Pending {
                             slot,
                             len: len as u32,
@@ -407,6 +413,7 @@ impl Worker {
         for i in received..want {
             state.slab.put(state.batch.slots[i]);
         }
+        self.stats.record_queue_waits(state.waits.drain(..));
         self.stats.publish(&mut state.tally);
         Ok(received)
     }

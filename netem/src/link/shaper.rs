@@ -36,6 +36,9 @@ pub(crate) struct Shaper {
     line_free_at: Option<Instant>,
     /// The last departure handed out, so jitter never reorders.
     last_departure: Option<Instant>,
+    /// How long the last departing frame waited in the queue before its
+    /// serialization began.
+    last_queue_wait: Duration,
 }
 
 impl Shaper {
@@ -48,6 +51,7 @@ impl Shaper {
             queued_bytes: 0,
             line_free_at: None,
             last_departure: None,
+            last_queue_wait: Duration::ZERO,
         }
     }
 
@@ -72,6 +76,7 @@ impl Shaper {
                     return Verdict::QueueFull;
                 }
                 let start = self.line_free_at.map_or(now, |free| free.max(now));
+                self.last_queue_wait = start - now;
                 let done = start + serialization_time(len, rate);
                 self.line_free_at = Some(done);
                 self.queue.push_back((done, len));
@@ -85,6 +90,13 @@ impl Shaper {
         }
         self.last_departure = Some(departure);
         Verdict::Depart(departure)
+    }
+
+    /// How long the frame of the last [`Verdict::Depart`] waits in the
+    /// drop-tail queue before its serialization begins: the queueing delay
+    /// the link model adds (zero without a rate limit).
+    pub(crate) fn last_queue_wait(&self) -> Duration {
+        self.last_queue_wait
     }
 
     /// Bytes in the queue as of the last `admit` (for tests).
@@ -221,6 +233,11 @@ mod tests {
             assert_eq!(
                 shaper.admit(t0, 1000),
                 Verdict::Depart(t0 + Duration::from_micros(1000 * i) + ms(1))
+            );
+            // Frame i waits for the i - 1 before it.
+            assert_eq!(
+                shaper.last_queue_wait(),
+                Duration::from_micros(1000 * (i - 1))
             );
         }
         assert_eq!(shaper.queued_bytes(), 5000);

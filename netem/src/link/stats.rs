@@ -76,6 +76,10 @@ pub struct DirectionStats {
     /// Actual minus scheduled departure time of every sent frame, in
     /// nanoseconds (frames sent on time record 0).
     pub departure_error_ns: Histogram<u64>,
+    /// How long each admitted frame waits in the drop-tail queue before
+    /// its serialization begins, in nanoseconds: the queueing delay the
+    /// link model itself adds (all zero without a rate limit).
+    pub queue_wait_ns: Histogram<u64>,
 }
 
 impl DirectionStats {
@@ -168,6 +172,7 @@ pub(crate) struct SharedStats {
     counts: [AtomicCount; 8],
     kernel_drops: AtomicU64,
     departure_error: Mutex<Histogram<u64>>,
+    queue_wait: Mutex<Histogram<u64>>,
 }
 
 impl SharedStats {
@@ -176,6 +181,7 @@ impl SharedStats {
             counts: Default::default(),
             kernel_drops: AtomicU64::new(0),
             departure_error: Mutex::new(new_histogram()),
+            queue_wait: Mutex::new(new_histogram()),
         }
     }
 
@@ -194,10 +200,12 @@ impl SharedStats {
 
     /// Records departure errors (ns) under one lock acquisition.
     pub(crate) fn record_departure_errors(&self, errors: impl IntoIterator<Item = u64>) {
-        let mut histogram = self.departure_error.lock();
-        for error in errors {
-            histogram.saturating_record(error);
-        }
+        record_all(&self.departure_error, errors);
+    }
+
+    /// Records queue waits (ns) under one lock acquisition.
+    pub(crate) fn record_queue_waits(&self, waits: impl IntoIterator<Item = u64>) {
+        record_all(&self.queue_wait, waits);
     }
 
     pub(crate) fn snapshot(&self) -> DirectionStats {
@@ -206,6 +214,7 @@ impl SharedStats {
         // `received` last keeps in_flight() from going negative.
         let sent = count(Outcome::Sent);
         let departure_error_ns = self.departure_error.lock().clone();
+        let queue_wait_ns = self.queue_wait.lock().clone();
         DirectionStats {
             dropped_loss: count(Outcome::Loss),
             dropped_queue: count(Outcome::Queue),
@@ -216,8 +225,16 @@ impl SharedStats {
             discarded_at_stop: count(Outcome::DiscardedAtStop),
             kernel_drops: self.kernel_drops.load(Ordering::Relaxed),
             departure_error_ns,
+            queue_wait_ns,
             received: count(Outcome::Received),
         }
+    }
+}
+
+fn record_all(histogram: &Mutex<Histogram<u64>>, values: impl IntoIterator<Item = u64>) {
+    let mut histogram = histogram.lock();
+    for value in values {
+        histogram.saturating_record(value);
     }
 }
 
