@@ -9,6 +9,7 @@
 //! - [`remote`]: the source side and the link to it.
 //! - [`emulation`]: how the network is made.
 //! - [`doctor`]: what the host offers.
+//! - [`report`]: `harness report`, figures and index.html of a run.
 //! - [`roles`]: parts of a cell that run as child processes.
 
 mod calibration;
@@ -21,6 +22,7 @@ mod link_calibration;
 mod network;
 mod placement;
 mod remote;
+mod report;
 mod roles;
 mod runner;
 mod scenario;
@@ -55,7 +57,8 @@ enum Command {
     ///
     /// Writes results/runs/<utc-time>-<scenario>/ with manifest.json (host,
     /// build, capabilities, emulation), cells.jsonl (one record per cell and
-    /// repetition, written as measured) and summary.csv, then prints a table.
+    /// repetition, written as measured) and summary.csv, then prints a table
+    /// and renders the report (figures/ and index.html, see `harness report`).
     #[command(after_help = "Examples:\n  \
         harness scenario rtt-sweep --profile quick\n  \
         harness scenario rtt-sweep --emulation per-call   # RTT as a sleep per call, as the thesis did\n  \
@@ -93,6 +96,19 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Re-render a run's figures and report from its records, without
+    /// running anything: RUN_DIR/figures/*.svg, *.png, *.csv and
+    /// RUN_DIR/index.html (self-contained, opens offline).
+    #[command(
+        after_help = "Example:\n  harness report results/runs/20261123T142114Z-rtt-sweep --open"
+    )]
+    Report {
+        /// A run directory (holds manifest.json and cells.jsonl).
+        run_dir: PathBuf,
+        /// Open index.html with xdg-open afterwards.
+        #[arg(long)]
+        open: bool,
     },
 }
 
@@ -248,6 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("warning: {w}");
             }
             println!("results: {}", report.dir.display());
+            report::after_run(&report.dir);
             let failed = report.rows.iter().any(|r| r.failed > 0);
             if failed {
                 println!("some cells failed; their reasons are in cells.jsonl and summary.csv");
@@ -343,6 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report { run_dir, open } => report::run(&run_dir, open),
         Command::Doctor { json } => {
             let caps = doctor::probe_all();
             if json {
