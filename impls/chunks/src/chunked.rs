@@ -57,7 +57,7 @@ impl ChunkedReadWriterAt {
             len,
             chunk_size: g.chunk_size(),
         };
-        if offset % g.chunk_size() != 0 {
+        if !offset.is_multiple_of(g.chunk_size()) {
             return Err(unaligned);
         }
         if offset >= g.size() {

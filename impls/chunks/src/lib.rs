@@ -225,7 +225,7 @@ impl ChunkGeometry {
         let Some(end) = offset.checked_add(len) else {
             return false;
         };
-        offset % self.chunk_size == 0 && (end % self.chunk_size == 0 || end == self.size)
+        offset.is_multiple_of(self.chunk_size) && (end % self.chunk_size == 0 || end == self.size)
     }
 }
 

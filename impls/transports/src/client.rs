@@ -1,4 +1,6 @@
-//! The frpc client: a [`Backend`] whose bytes live behind a stream.
+//! The frpc client: a [`Backend`] whose bytes live behind a stream, and an
+//! [`Rpc`] that carries the seeder service's calls too (wrap it in a
+//! [`crate::RemoteSeeder`]).
 //!
 //! # Behavior
 //!
@@ -27,7 +29,6 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
-use futures::future::join_all;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -35,10 +36,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use backends::{check_range, Backend, BackendError, Result};
+use backends::{Backend, BackendError, Result};
 
-use crate::conn::{write_loop, FrameReader};
-use crate::wire::{Op, Reply, Request, Status, DEFAULT_MAX_MESSAGE};
+use crate::conn::{write_loop, FrameReader, OutFrame};
+use crate::remote::{self, Rpc};
+use crate::service::{Call, Outcome, ServiceKind};
+use crate::wire::{Op, Reply, Request, RequestHeader, Status, DEFAULT_MAX_MESSAGE};
 
 /// Default depth of the queue between callers and the writer task: frames
 /// beyond it wait in their callers, so memory stays bounded under bursts.
@@ -155,7 +158,7 @@ impl Drop for Registration<'_> {
 #[derive(Debug)]
 pub struct FrpcClient {
     shared: Arc<Shared>,
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::Sender<OutFrame>,
     next_id: AtomicU64,
     max_message: u32,
     size: OnceLock<u64>,
@@ -294,8 +297,8 @@ impl FrpcClient {
     }
 
     /// Sends one request and waits for its reply; error replies become
-    /// errors.
-    async fn call(&self, op: Op, offset: u64, length: u32, body: &[u8]) -> Result<Reply> {
+    /// errors. `body` is a `WriteAt`'s data, sent after the header as it is.
+    async fn request(&self, op: Op, offset: u64, length: u32, body: Bytes) -> Result<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -310,9 +313,18 @@ impl FrpcClient {
             id,
             queued: false,
         };
-        let mut frame = BytesMut::new();
-        Request::encode(&mut frame, id, op, offset, length, body);
-        if self.frames.send(frame.freeze()).await.is_err() {
+        let body = if op == Op::WriteAt {
+            body
+        } else {
+            Bytes::new()
+        };
+        let mut head = BytesMut::with_capacity(RequestHeader::LEN);
+        Request::encode_head(&mut head, id, op, offset, length, body.len());
+        let frame = OutFrame {
+            head: head.freeze(),
+            body,
+        };
+        if self.frames.send(frame).await.is_err() {
             return Err(self.shared.failure());
         }
         registration.queued = true;
@@ -328,19 +340,62 @@ impl FrpcClient {
             Err(e) => Err(BackendError::Remote(format!("bad {op:?} reply: {e}"))),
         }
     }
+}
 
-    /// One `ReadAt` of at most `max_message` bytes.
-    async fn read_piece(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let reply = self.call(Op::ReadAt, offset, buf.len() as u32, &[]).await?;
-        let n = reply.body.len();
-        if n > buf.len() {
-            return Err(BackendError::Remote(format!(
-                "server returned {n} bytes for a read of {} at offset {offset}",
-                buf.len()
-            )));
+/// Decodes an `Ok` reply body into the outcome `op` returns.
+fn outcome(op: Op, body: Bytes) -> Result<Outcome> {
+    match op {
+        Op::ReadAt | Op::SeederReadAt => Ok(Outcome::Data(body)),
+        Op::Size | Op::SeederSize => {
+            let mut b = &body[..];
+            if b.len() != 8 {
+                return Err(BackendError::Remote(format!(
+                    "{} reply body is {} bytes, expected 8",
+                    op.method(),
+                    b.len()
+                )));
+            }
+            Ok(Outcome::Size(b.get_u64_le()))
         }
-        buf[..n].copy_from_slice(&reply.body);
-        Ok(n)
+        Op::SeederSync => {
+            if !body.len().is_multiple_of(8) {
+                return Err(BackendError::Remote(format!(
+                    "seeder.Sync reply body is {} bytes, not a whole number of u64 offsets",
+                    body.len()
+                )));
+            }
+            let mut b = &body[..];
+            let mut offsets = Vec::with_capacity(body.len() / 8);
+            while b.has_remaining() {
+                offsets.push(b.get_u64_le());
+            }
+            Ok(Outcome::Dirty(offsets))
+        }
+        Op::WriteAt | Op::Sync | Op::Track | Op::Close => Ok(Outcome::Done),
+    }
+}
+
+#[async_trait]
+impl Rpc for FrpcClient {
+    async fn call(&self, call: Call) -> Result<Outcome> {
+        let op = Op::for_method(call.method());
+        let (offset, length, body) = match call {
+            Call::ReadAt { offset, length } | Call::SeederReadAt { offset, length } => {
+                (offset, length, Bytes::new())
+            }
+            Call::WriteAt { offset, data } => (offset, 0, data),
+            _ => (0, 0, Bytes::new()),
+        };
+        let reply = self.request(op, offset, length, body).await?;
+        outcome(op, reply.body)
+    }
+
+    fn max_message(&self) -> u32 {
+        self.max_message
+    }
+
+    fn is_closed(&self) -> bool {
+        FrpcClient::is_closed(self)
     }
 }
 
@@ -356,76 +411,37 @@ impl Drop for FrpcClient {
 #[async_trait]
 impl Backend for FrpcClient {
     async fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let max = self.max_message.max(1) as usize;
-        if buf.len() <= max {
-            return self.read_piece(buf, offset).await;
-        }
-        let pieces = buf
-            .chunks_mut(max)
-            .enumerate()
-            .map(|(i, piece)| async move {
-                let want = piece.len();
-                let at = offset.saturating_add((i * max) as u64);
-                (want, self.read_piece(piece, at).await)
-            });
-        let mut total = 0;
-        for (i, (want, result)) in join_all(pieces).await.into_iter().enumerate() {
-            match result {
-                Ok(n) => {
-                    total += n;
-                    if n < want {
-                        break;
-                    }
-                }
-                // A later piece starting at or past the end: the read is
-                // short there, which is not an error.
-                Err(BackendError::OutOfRange { .. }) if i > 0 => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(total)
+        remote::read_at(self, ServiceKind::Backend, buf, offset).await
     }
 
     async fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        let max = self.max_message.max(1) as usize;
-        if data.len() <= max {
-            return self.call(Op::WriteAt, offset, 0, data).await.map(drop);
-        }
-        // Pieces land independently; check the whole range first so an
-        // out-of-range write writes nothing, as the Backend rules require.
-        let size = self.size().await?;
-        check_range(offset, data.len() as u64, size, true)?;
-        let pieces = data.chunks(max).enumerate().map(|(i, piece)| {
-            self.call(
-                Op::WriteAt,
-                offset.saturating_add((i * max) as u64),
-                0,
-                piece,
-            )
-        });
-        join_all(pieces)
-            .await
-            .into_iter()
-            .try_for_each(|r| r.map(drop))
+        remote::write_at(self, &self.size, data, offset).await
     }
 
     async fn size(&self) -> Result<u64> {
-        if let Some(size) = self.size.get() {
-            return Ok(*size);
-        }
-        let reply = self.call(Op::Size, 0, 0, &[]).await?;
-        let mut body = &reply.body[..];
-        if body.len() != 8 {
-            return Err(BackendError::Remote(format!(
-                "Size reply body is {} bytes, expected 8",
-                body.len()
-            )));
-        }
-        let size = body.get_u64_le();
-        Ok(*self.size.get_or_init(|| size))
+        remote::size(self, ServiceKind::Backend, &self.size).await
     }
 
     async fn sync(&self) -> Result<()> {
-        self.call(Op::Sync, 0, 0, &[]).await.map(drop)
+        remote::sync(self).await
     }
+}
+
+/// One frpc connection to `addr` as an [`Rpc`] for a pooled
+/// [`crate::Client`]; its bytes are counted into `bytes`.
+pub(crate) async fn connect_rpc(
+    addr: std::net::SocketAddr,
+    config: &crate::kind::TransportConfig,
+    bytes: Arc<crate::meter::ByteCounters>,
+) -> std::io::Result<Arc<dyn Rpc>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let config = ClientConfig {
+        max_message: config.max_message,
+        queue_depth: config.max_in_flight,
+    };
+    Ok(Arc::new(FrpcClient::with_config(
+        crate::meter::Counted::new(stream, bytes),
+        config,
+    )))
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::wire::{Reply, Request, WireError};
 
@@ -95,24 +96,91 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// One outgoing frame: a head and a body that go out back to back. Keeping
+/// them apart lets a payload that is already a `Bytes` (a write's data, a
+/// read's result) travel without being copied into a frame buffer.
+#[derive(Debug, Default)]
+pub(crate) struct OutFrame {
+    pub(crate) head: Bytes,
+    pub(crate) body: Bytes,
+}
+
+impl OutFrame {
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
+impl From<Bytes> for OutFrame {
+    fn from(head: Bytes) -> Self {
+        Self {
+            head,
+            body: Bytes::new(),
+        }
+    }
+}
+
 /// Writes queued frames until the queue closes, then shuts the stream down.
 ///
 /// Frames queued together are written together and flushed once, so a burst
-/// of small replies costs one syscall rather than one each.
+/// of small replies costs one syscall rather than one each; bodies larger
+/// than the buffer go straight to the stream.
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<OutFrame>,
     bytes_written: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let mut wr = BufWriter::with_capacity(WRITE_BUFFER, wr);
     while let Some(frame) = rx.recv().await {
-        wr.write_all(&frame).await?;
-        bytes_written.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        write_frame(&mut wr, &frame, &bytes_written).await?;
         while let Ok(frame) = rx.try_recv() {
-            wr.write_all(&frame).await?;
-            bytes_written.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            write_frame(&mut wr, &frame, &bytes_written).await?;
         }
         wr.flush().await?;
     }
     wr.shutdown().await
+}
+
+/// Like [`write_loop`], but also ends when `finish` is cancelled: whatever
+/// is queued by then is written, then the stream is shut down. For
+/// connections whose senders outlive the writer's job (a jsonl peer keeps
+/// one for its own calls).
+pub(crate) async fn write_until<W: AsyncWrite + Unpin>(
+    wr: W,
+    mut rx: mpsc::Receiver<OutFrame>,
+    bytes_written: Arc<AtomicU64>,
+    finish: CancellationToken,
+) -> std::io::Result<()> {
+    let mut wr = BufWriter::with_capacity(WRITE_BUFFER, wr);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = rx.recv() => frame,
+            () = finish.cancelled() => None,
+        };
+        let Some(frame) = frame else { break };
+        write_frame(&mut wr, &frame, &bytes_written).await?;
+        while let Ok(frame) = rx.try_recv() {
+            write_frame(&mut wr, &frame, &bytes_written).await?;
+        }
+        wr.flush().await?;
+    }
+    while let Ok(frame) = rx.try_recv() {
+        write_frame(&mut wr, &frame, &bytes_written).await?;
+    }
+    wr.flush().await?;
+    wr.shutdown().await
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    wr: &mut BufWriter<W>,
+    frame: &OutFrame,
+    bytes_written: &AtomicU64,
+) -> std::io::Result<()> {
+    wr.write_all(&frame.head).await?;
+    if !frame.body.is_empty() {
+        wr.write_all(&frame.body).await?;
+    }
+    bytes_written.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    Ok(())
 }

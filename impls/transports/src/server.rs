@@ -1,4 +1,5 @@
-//! The frpc server: answers requests from one stream out of a backend.
+//! The frpc server: answers requests from one stream out of a backend
+//! (and/or a seeder, [`serve_services`]).
 //!
 //! # Behavior
 //!
@@ -32,9 +33,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use backends::{Backend, BackendError, SharedBackend};
+use backends::{BackendError, SharedBackend};
 
-use crate::conn::{write_loop, FrameReader, ReadError};
+use crate::conn::{write_loop, FrameReader, OutFrame, ReadError};
+use crate::service::{dispatch, not_served, Call, Outcome, ServiceKind, Services};
 use crate::wire::{Op, Reply, ReplyHeader, Request, Status, WireError, DEFAULT_MAX_MESSAGE};
 
 /// Default cap on requests handled at once per connection: more than any
@@ -157,11 +159,25 @@ pub async fn serve_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_services(stream, Services::backend(backend), config, shutdown).await
+}
+
+/// Serves whichever of the backend and seeder services `services` exposes
+/// on `stream`, as [`serve_with`] does for a backend alone.
+pub async fn serve_services<S>(
+    stream: S,
+    services: Services,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> Result<ServeStats, ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let max_in_flight = config.max_in_flight.max(1);
     let counters = Arc::new(Counters::default());
     let (rd, wr) = tokio::io::split(stream);
     let mut reader = FrameReader::new(rd, config.max_message, counters.bytes_received.clone());
-    let (tx, rx) = mpsc::channel::<Bytes>(max_in_flight);
+    let (tx, rx) = mpsc::channel::<OutFrame>(max_in_flight);
     let mut writer = tokio::spawn(write_loop(wr, rx, counters.bytes_sent.clone()));
     let permits = Arc::new(Semaphore::new(max_in_flight));
     // Dropping the set (on every early return) aborts the handlers.
@@ -198,7 +214,7 @@ where
             .fetch_max(in_flight, Ordering::Relaxed);
         handlers.spawn(handle(
             request,
-            backend.clone(),
+            services.clone(),
             tx.clone(),
             permit,
             counters.clone(),
@@ -231,7 +247,7 @@ where
                     wire.to_string().as_bytes(),
                 );
                 // Best effort: a full queue means the peer is not reading.
-                let _ = tx.try_send(frame.freeze());
+                let _ = tx.try_send(frame.freeze().into());
             }
             drop(tx);
             // The connection failed already; failing to say so adds nothing.
@@ -264,7 +280,7 @@ enum Ended {
 /// shut the stream down.
 async fn drain(
     mut handlers: JoinSet<()>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<OutFrame>,
     writer: &mut JoinHandle<std::io::Result<()>>,
 ) -> Result<(), ServeError> {
     let mut panicked = None;
@@ -295,6 +311,16 @@ pub async fn serve_listener(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<ServeStats> {
+    serve_listener_services(listener, Services::backend(backend), config, shutdown).await
+}
+
+/// [`serve_listener`] for any [`Services`].
+pub async fn serve_listener_services(
+    listener: TcpListener,
+    services: Services,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<ServeStats> {
     let mut connections = JoinSet::new();
     let mut total = ServeStats::default();
     loop {
@@ -314,9 +340,9 @@ pub async fn serve_listener(
                     tracing::warn!(%peer, error = %e, "could not set TCP_NODELAY");
                 }
                 tracing::debug!(%peer, "frpc connection accepted");
-                connections.spawn(serve_with(
+                connections.spawn(serve_services(
                     stream,
-                    backend.clone(),
+                    services.clone(),
                     config.clone(),
                     shutdown.child_token(),
                 ));
@@ -363,67 +389,118 @@ fn reap(handlers: &mut JoinSet<()>) -> Result<(), ServeError> {
 
 async fn handle(
     request: Request,
-    backend: SharedBackend,
-    replies: mpsc::Sender<Bytes>,
+    services: Services,
+    replies: mpsc::Sender<OutFrame>,
     permit: OwnedSemaphorePermit,
     counters: Arc<Counters>,
     max_message: u32,
 ) {
-    let reply = execute(&request, &*backend, max_message).await;
+    let reply = execute(request, &services, max_message).await;
     // A closed queue means the connection is going away; nobody to tell.
     let _ = replies.send(reply).await;
     counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     drop(permit);
 }
 
-/// Runs one request against the backend and encodes its reply.
-async fn execute(request: &Request, backend: &dyn Backend, max_message: u32) -> Bytes {
+/// Runs one request against the services and encodes its reply.
+async fn execute(request: Request, services: &Services, max_message: u32) -> OutFrame {
     let header = request.header;
     let id = header.id;
     let mut frame = BytesMut::new();
-    let outcome = match header.op {
-        Op::ReadAt => {
-            // Read straight into the reply frame: one allocation, no copy.
-            let len = header.length as usize;
-            frame.resize(ReplyHeader::LEN + len, 0);
-            match backend
-                .read_at(&mut frame[ReplyHeader::LEN..], header.offset)
-                .await
-            {
-                Ok(n) => {
-                    let n = n.min(len);
-                    frame.truncate(ReplyHeader::LEN + n);
-                    let mut head = &mut frame[..ReplyHeader::LEN];
-                    ReplyHeader {
-                        id,
-                        status: Status::Ok,
-                        length: n as u32,
-                    }
-                    .encode(&mut head);
-                    return frame.freeze();
+    if matches!(header.op, Op::ReadAt | Op::SeederReadAt) {
+        // Read straight into the reply frame: one allocation, no copy.
+        let len = header.length as usize;
+        frame.resize(ReplyHeader::LEN + len, 0);
+        let buf = &mut frame[ReplyHeader::LEN..];
+        let read = if header.op == Op::ReadAt {
+            match services.backend.as_deref() {
+                Some(backend) => backend.read_at(buf, header.offset).await,
+                None => Err(not_served(ServiceKind::Backend)),
+            }
+        } else {
+            match services.seeder.as_deref() {
+                Some(seeder) => seeder.read_at(buf, header.offset).await,
+                None => Err(not_served(ServiceKind::Seeder)),
+            }
+        };
+        match read {
+            Ok(n) => {
+                let n = n.min(len);
+                frame.truncate(ReplyHeader::LEN + n);
+                let mut head = &mut frame[..ReplyHeader::LEN];
+                ReplyHeader {
+                    id,
+                    status: Status::Ok,
+                    length: n as u32,
                 }
-                Err(e) => {
-                    frame.clear();
-                    Err(e)
-                }
+                .encode(&mut head);
+                return frame.freeze().into();
+            }
+            Err(e) => {
+                frame.clear();
+                encode_backend_error(&mut frame, id, &e, max_message);
+                return frame.freeze().into();
             }
         }
-        Op::WriteAt => backend
-            .write_at(&request.body, header.offset)
-            .await
-            .map(|()| Bytes::new()),
-        Op::Size => backend.size().await.map(|size| {
-            let mut body = BytesMut::with_capacity(8);
-            body.put_u64_le(size);
-            body.freeze()
-        }),
-        Op::Sync => backend.sync().await.map(|()| Bytes::new()),
-    };
-    match outcome {
-        Ok(body) => Reply::encode(&mut frame, id, Status::Ok, &body),
-        Err(e) => encode_backend_error(&mut frame, id, &e, max_message),
     }
-    frame.freeze()
+    let call = match header.op {
+        Op::WriteAt => Call::WriteAt {
+            offset: header.offset,
+            data: request.body,
+        },
+        Op::Size => Call::Size,
+        Op::Sync => Call::Sync,
+        Op::SeederSize => Call::SeederSize,
+        Op::Track => Call::Track,
+        Op::SeederSync => Call::SeederSync,
+        Op::Close => Call::Close,
+        // Handled above.
+        Op::ReadAt | Op::SeederReadAt => Call::ReadAt {
+            offset: header.offset,
+            length: header.length,
+        },
+    };
+    let body = match dispatch(services, call).await {
+        Ok(Outcome::Data(data)) => Ok(data),
+        Ok(Outcome::Done) => Ok(Bytes::new()),
+        Ok(Outcome::Size(size)) => Ok(Bytes::copy_from_slice(&size.to_le_bytes())),
+        Ok(Outcome::Dirty(offsets)) => dirty_body(&offsets, max_message),
+        Err(e) => Err(e),
+    };
+    match body {
+        Ok(body) => {
+            ReplyHeader {
+                id,
+                status: Status::Ok,
+                length: body.len() as u32,
+            }
+            .encode(&mut frame);
+            OutFrame {
+                head: frame.freeze(),
+                body,
+            }
+        }
+        Err(e) => {
+            encode_backend_error(&mut frame, id, &e, max_message);
+            frame.freeze().into()
+        }
+    }
+}
+
+/// The dirty offsets as `u64`s, or an error if they do not fit one message.
+fn dirty_body(offsets: &[u64], max_message: u32) -> Result<Bytes, BackendError> {
+    let len = offsets.len().saturating_mul(8);
+    if len > max_message as usize {
+        return Err(BackendError::Remote(format!(
+            "{} dirty offsets take {len} bytes, over the maximum message size of {max_message} bytes",
+            offsets.len()
+        )));
+    }
+    let mut body = BytesMut::with_capacity(len);
+    for offset in offsets {
+        body.put_u64_le(*offset);
+    }
+    Ok(body.freeze())
 }
 
 fn encode_backend_error(frame: &mut BytesMut, id: u64, err: &BackendError, max_message: u32) {

@@ -14,6 +14,9 @@
 //!
 //! `ReadAt` asks for `length` bytes and has no body; `WriteAt` carries
 //! `length` bytes of data; `Size` and `Sync` have offset 0 and length 0.
+//! The seeder service's ops (codes `0x11`..`0x15`, the high nibble naming
+//! the service) follow the same rules: its `ReadAt` is a read, the others
+//! have offset 0 and length 0.
 //!
 //! # Reply frame
 //!
@@ -25,8 +28,8 @@
 //! | 10     | 4    | body length                                       |
 //! | 14     | ..   | body                                              |
 //!
-//! An `Ok` body is the read data (`ReadAt`), the size as a `u64` (`Size`) or
-//! empty. Error bodies are described on [`Status`]. A reply with id 0 and
+//! An `Ok` body is the read data (`ReadAt`), the size as a `u64` (`Size`),
+//! the dirty offsets as `u64`s (seeder `Sync`) or empty. Error bodies are described on [`Status`]. A reply with id 0 and
 //! status [`Status::ProtocolError`] is the server's last word before it closes
 //! a connection that sent a bad frame.
 //!
@@ -43,6 +46,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use backends::BackendError;
+
+use crate::service::Method;
 
 /// The first byte of every frame: high nibble `0xF` marks frpc, low nibble is
 /// the protocol version.
@@ -67,6 +72,53 @@ pub enum Op {
     Size = 3,
     /// Make completed writes durable.
     Sync = 4,
+    /// Seeder: read up to `length` bytes at `offset`.
+    SeederReadAt = 0x11,
+    /// Seeder: ask the region's size.
+    SeederSize = 0x12,
+    /// Seeder: start recording writes.
+    Track = 0x13,
+    /// Seeder: flush and return the offsets written since tracking started.
+    SeederSync = 0x14,
+    /// Seeder: the migration is over.
+    Close = 0x15,
+}
+
+impl Op {
+    /// The service method this op invokes.
+    pub fn method(self) -> Method {
+        match self {
+            Self::ReadAt => Method::ReadAt,
+            Self::WriteAt => Method::WriteAt,
+            Self::Size => Method::Size,
+            Self::Sync => Method::Sync,
+            Self::SeederReadAt => Method::SeederReadAt,
+            Self::SeederSize => Method::SeederSize,
+            Self::Track => Method::Track,
+            Self::SeederSync => Method::SeederSync,
+            Self::Close => Method::Close,
+        }
+    }
+
+    /// The op that invokes `method`.
+    pub fn for_method(method: Method) -> Self {
+        match method {
+            Method::ReadAt => Self::ReadAt,
+            Method::WriteAt => Self::WriteAt,
+            Method::Size => Self::Size,
+            Method::Sync => Self::Sync,
+            Method::SeederReadAt => Self::SeederReadAt,
+            Method::SeederSize => Self::SeederSize,
+            Method::Track => Self::Track,
+            Method::SeederSync => Self::SeederSync,
+            Method::Close => Self::Close,
+        }
+    }
+
+    /// Whether `length` is the size of a read asked for.
+    fn is_read(self) -> bool {
+        matches!(self, Self::ReadAt | Self::SeederReadAt)
+    }
 }
 
 impl TryFrom<u8> for Op {
@@ -78,6 +130,11 @@ impl TryFrom<u8> for Op {
             2 => Ok(Self::WriteAt),
             3 => Ok(Self::Size),
             4 => Ok(Self::Sync),
+            0x11 => Ok(Self::SeederReadAt),
+            0x12 => Ok(Self::SeederSize),
+            0x13 => Ok(Self::Track),
+            0x14 => Ok(Self::SeederSync),
+            0x15 => Ok(Self::Close),
             other => Err(WireError::UnknownOp(other)),
         }
     }
@@ -134,7 +191,7 @@ pub enum WireError {
     #[error("unsupported frpc version {found}; this build speaks version {supported}")]
     UnsupportedVersion { found: u8, supported: u8 },
     /// The op byte names no [`Op`].
-    #[error("unknown op code {0}; known ops are 1 (ReadAt), 2 (WriteAt), 3 (Size), 4 (Sync)")]
+    #[error("unknown op code {0}; known ops are 1 (ReadAt), 2 (WriteAt), 3 (Size), 4 (Sync) and the seeder's 17 to 21 (ReadAt, Size, Track, Sync, Close)")]
     UnknownOp(u8),
     /// The status byte names no [`Status`].
     #[error("unknown reply status {0}; known statuses are 0 to 6")]
@@ -142,7 +199,7 @@ pub enum WireError {
     /// The header announces more than the maximum message size.
     #[error("frame announces {length} bytes, over the maximum message size of {max} bytes")]
     TooLarge { length: u32, max: u32 },
-    /// A `Size` or `Sync` request with a non-zero offset or length.
+    /// A request other than a read or write with a non-zero offset or length.
     #[error(
         "{op:?} requests carry offset 0 and length 0, got offset {offset} and length {length}"
     )]
@@ -193,7 +250,7 @@ impl RequestHeader {
     pub fn body_len(&self) -> usize {
         match self.op {
             Op::WriteAt => self.length as usize,
-            Op::ReadAt | Op::Size | Op::Sync => 0,
+            _ => 0,
         }
     }
 
@@ -221,16 +278,17 @@ impl RequestHeader {
             offset,
             length,
         };
-        match op {
-            Op::ReadAt | Op::WriteAt if length > max_message => Err(WireError::TooLarge {
+        let moves_data = op.is_read() || op == Op::WriteAt;
+        if moves_data && length > max_message {
+            return Err(WireError::TooLarge {
                 length,
                 max: max_message,
-            }),
-            Op::Size | Op::Sync if offset != 0 || length != 0 => {
-                Err(WireError::NonZeroFields { op, offset, length })
-            }
-            _ => Ok(header),
+            });
         }
+        if !moves_data && (offset != 0 || length != 0) {
+            return Err(WireError::NonZeroFields { op, offset, length });
+        }
+        Ok(header)
     }
 }
 
@@ -325,12 +383,28 @@ impl Request {
     /// `ReadAt` and is ignored for the other ops (it is `body.len()` for a
     /// `WriteAt` and 0 for `Size`/`Sync`).
     pub fn encode(dst: &mut BytesMut, id: u64, op: Op, offset: u64, length: u32, body: &[u8]) {
-        let (offset, length, body) = match op {
-            Op::ReadAt => (offset, length, &[][..]),
-            Op::WriteAt => (offset, body.len() as u32, body),
-            Op::Size | Op::Sync => (0, 0, &[][..]),
-        };
+        let body = if op == Op::WriteAt { body } else { &[][..] };
         dst.reserve(RequestHeader::LEN + body.len());
+        Self::encode_head(dst, id, op, offset, length, body.len());
+        dst.put_slice(body);
+    }
+
+    /// Appends only the header of a request whose body (`body_len` bytes
+    /// for a `WriteAt`, none otherwise) the caller sends separately, so a
+    /// payload already in a `Bytes` is never copied into a frame.
+    pub fn encode_head(
+        dst: &mut BytesMut,
+        id: u64,
+        op: Op,
+        offset: u64,
+        length: u32,
+        body_len: usize,
+    ) {
+        let (offset, length) = match op {
+            _ if op.is_read() => (offset, length),
+            Op::WriteAt => (offset, body_len as u32),
+            _ => (0, 0),
+        };
         RequestHeader {
             id,
             op,
@@ -338,7 +412,6 @@ impl Request {
             length,
         }
         .encode(dst);
-        dst.put_slice(body);
     }
 }
 
@@ -494,6 +567,12 @@ mod tests {
         for op in [Op::ReadAt, Op::WriteAt, Op::Size, Op::Sync] {
             assert_eq!(Op::try_from(op as u8), Ok(op));
         }
+        for method in Method::ALL {
+            let op = Op::for_method(method);
+            assert_eq!(Op::try_from(op as u8), Ok(op));
+            assert_eq!(op.method(), method);
+        }
+        assert_eq!(Op::try_from(0x16), Err(WireError::UnknownOp(0x16)));
         for code in 0..=6u8 {
             assert_eq!(Status::try_from(code).unwrap() as u8, code);
         }

@@ -26,7 +26,7 @@ impl Mapping {
     /// Maps `len` bytes; `len` must be a positive multiple of `page_size`.
     pub(crate) fn anonymous(len: usize, page_size: usize) -> Result<Self, Errno> {
         assert!(
-            len > 0 && len % page_size == 0,
+            len > 0 && len.is_multiple_of(page_size),
             "mapping length {len} must be a positive multiple of the {page_size}-byte page"
         );
         let length = NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
