@@ -599,7 +599,7 @@ mod tests {
             ("plan.bulk_s = 0", "plan.bulk_s", "0.05..=600"),
         ];
         for (line, key, allowed) in cases {
-            let text = override_line(line);
+            let text = crate::scenario::with_key_replaced(TEXT, line);
             let err = parse("t.toml", &text, "default").unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(allowed), "{line}: {err}");
         }
@@ -619,21 +619,6 @@ mod tests {
             err.contains("bulk_seconds") && err.contains("thesis"),
             "{err}"
         );
-    }
-
-    /// The built-in file with one top-level or dotted key replaced.
-    fn override_line(line: &str) -> String {
-        let mut value: toml::Table = toml::from_str(TEXT).unwrap();
-        let (key, v) = line.split_once(" = ").unwrap();
-        let parsed: toml::Table = toml::from_str(&format!("x = {v}")).unwrap();
-        let mut path: Vec<&str> = key.split('.').collect();
-        let last = path.pop().unwrap();
-        let mut table = &mut value;
-        for p in path {
-            table = table.get_mut(p).unwrap().as_table_mut().unwrap();
-        }
-        table.insert(last.to_owned(), parsed["x"].clone());
-        toml::to_string(&value).unwrap()
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod roles;
 mod runner;
 mod scenario;
 mod source;
+mod thesis;
+mod transport_sweep;
 mod workload;
 
 use std::path::PathBuf;
@@ -62,14 +64,18 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         harness scenario rtt-sweep --profile quick\n  \
         harness scenario rtt-sweep --emulation per-call   # RTT as a sleep per call, as the thesis did\n  \
-        harness scenario ./my-scenario.toml --out /tmp/runs")]
+        harness scenario ./my-scenario.toml --out /tmp/runs\n  \
+        harness scenario thesis --profile default         # every scenario, one report page")]
     Scenario {
-        /// A built-in scenario name (see `harness list`) or a path to a .toml file.
+        /// A built-in scenario name (see `harness list`), a path to a .toml
+        /// file, or `thesis`: every built-in scenario, one after the other,
+        /// with a page linking their reports.
         name: String,
         /// Size of the run: quick (CI, under two minutes), default (about
-        /// fifteen minutes at most), thesis (the full study).
-        #[arg(long, value_enum, default_value_t = Profile::Default)]
-        profile: Profile,
+        /// fifteen minutes at most), thesis (the full study). Default:
+        /// `default`, or `thesis` for `harness scenario thesis`.
+        #[arg(long, value_enum)]
+        profile: Option<Profile>,
         /// Directory the run directory is created in.
         #[arg(long, default_value = "results/runs")]
         out: PathBuf,
@@ -153,6 +159,9 @@ enum RoleCommand {
     /// Serve the source region over frpc on a TCP listener until stdin
     /// says stop (or closes). Prints a `ready` line with the bound address.
     RemoteBackend(roles::remote_backend::RemoteBackendArgs),
+    /// Serve the source region over any transport (jsonl, grpc, frpc,
+    /// tarpc, raw) on a TCP listener until stdin says stop (or closes).
+    TransportServer(roles::transport_server::TransportServerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,6 +216,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             emulation,
         } => {
+            if name == thesis::NAME {
+                interrupt::install().context("installing the Ctrl-C handler")?;
+                let profile = profile.unwrap_or(Profile::Thesis);
+                return thesis::run(profile.name(), emulation.name(), &out);
+            }
+            let profile = profile.unwrap_or(Profile::Default);
             let capabilities = doctor::probe_all();
             let report = match scenario::load_any(&name, profile.name())? {
                 scenario::AnyScenario::Region(scenario) => {
@@ -259,6 +274,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     report
                 }
+                scenario::AnyScenario::TransportSweep(scenario) => {
+                    let emulation =
+                        emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} transports x {} points x {} repetitions, emulation {}",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.transports.len(),
+                        scenario.points().len(),
+                        scenario.repetitions,
+                        emulation,
+                    );
+                    let report = transport_sweep::run(&scenario, emulation, capabilities, &out)?;
+                    println!("{}", transport_sweep::table(&report.rows));
+                    for line in transport_sweep::skipped_lines(&report.rows)
+                        .into_iter()
+                        .chain(transport_sweep::target_lines(&report.rows))
+                    {
+                        println!("{line}");
+                    }
+                    report
+                }
             };
             for w in &report.warnings {
                 println!("warning: {w}");
@@ -281,6 +319,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let s = scenario::load_any(name, "default")?;
                 println!("  {name:<18} {}", s.description());
             }
+            println!(
+                "  {:<18} every scenario above, one after the other (thesis profile unless --profile)",
+                thesis::NAME
+            );
             println!("\nimplementations:");
             for d in implementations::ALL {
                 println!("  {:<16} {}", d.name, d.summary);
@@ -289,6 +331,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Role(RoleCommand::RemoteBackend(args)) => {
             roles::remote_backend::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Role(RoleCommand::TransportServer(args)) => {
+            roles::transport_server::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netem(NetemCommand::Check {

@@ -50,6 +50,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         "netem-calibration",
         include_str!("../../scenarios/netem-calibration.toml"),
     ),
+    (
+        "transport-sweep",
+        include_str!("../../scenarios/transport-sweep.toml"),
+    ),
 ];
 
 /// Names of the built-in scenarios.
@@ -237,6 +241,7 @@ pub const REGION_KIND: &str = "region";
 pub enum AnyScenario {
     Region(Scenario),
     LinkCalibration(crate::link_calibration::LinkCalibrationScenario),
+    TransportSweep(crate::transport_sweep::TransportSweepScenario),
 }
 
 impl AnyScenario {
@@ -245,8 +250,29 @@ impl AnyScenario {
         match self {
             AnyScenario::Region(s) => &s.description,
             AnyScenario::LinkCalibration(s) => &s.description,
+            AnyScenario::TransportSweep(s) => &s.description,
         }
     }
+}
+
+/// `text` with one top-level or dotted key set as `line` (`key = value`)
+/// says: for tests of what a scenario file refuses.
+#[cfg(test)]
+pub fn with_key_replaced(text: &str, line: &str) -> String {
+    let mut value: toml::Table = toml::from_str(text).expect("the scenario parses");
+    let (key, v) = line.split_once(" = ").expect("a `key = value` line");
+    let parsed: toml::Table = toml::from_str(&format!("x = {v}")).expect("a TOML value");
+    let mut path: Vec<&str> = key.split('.').collect();
+    let last = path.pop().expect("a key");
+    let mut table = &mut value;
+    for p in path {
+        table = table
+            .get_mut(p)
+            .and_then(toml::Value::as_table_mut)
+            .expect("the key's tables exist");
+    }
+    table.insert(last.to_owned(), parsed["x"].clone());
+    toml::to_string(&value).expect("a table serializes")
 }
 
 /// Loads a scenario of any kind by built-in name or path and applies
@@ -263,13 +289,17 @@ pub fn load_any(name_or_path: &str, profile: &str) -> Result<AnyScenario, Scenar
             crate::link_calibration::parse(&origin, &text, profile)
                 .map(AnyScenario::LinkCalibration)
         }
+        Some(Some(crate::transport_sweep::KIND)) => {
+            crate::transport_sweep::parse(&origin, &text, profile).map(AnyScenario::TransportSweep)
+        }
         Some(other) => Err(ScenarioError::Invalid {
             origin,
             key: "kind".into(),
             message: format!(
-                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\"",
+                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\", \"{}\"",
                 other.map_or_else(|| "a non-string".to_owned(), |k| format!("\"{k}\"")),
-                crate::link_calibration::KIND
+                crate::link_calibration::KIND,
+                crate::transport_sweep::KIND
             ),
         }),
     }

@@ -1,5 +1,8 @@
 //! Messages between the runner and a role, one JSON object per line.
 
+use std::io::{BufRead, Write};
+
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// Runner to role, on the role's standard input. End of input means `Stop`.
@@ -39,3 +42,32 @@ pub enum RoleEvent {
 /// Longest line a peer may send; a longer one is a protocol error, so a
 /// broken role cannot make the runner buffer without bound.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// Role side: writes one event to the runner (stdout), flushed.
+pub fn emit(event: &RoleEvent) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, event)?;
+    out.write_all(b"\n")?;
+    out.flush().context("writing to the runner")
+}
+
+/// Role side: reads commands from stdin until `stop` or its end (the
+/// runner went away); a line over [`MAX_LINE`] or not a command is an error.
+pub fn wait_for_stop() -> anyhow::Result<()> {
+    let stdin = std::io::stdin().lock();
+    for line in stdin.split(b'\n') {
+        let line = line.context("reading commands")?;
+        if line.len() > MAX_LINE {
+            anyhow::bail!("a command line of {} bytes exceeds {MAX_LINE}", line.len());
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let command: RoleCommand = serde_json::from_slice(&line)
+            .with_context(|| format!("bad command {:?}", String::from_utf8_lossy(&line)))?;
+        match command {
+            RoleCommand::Stop => break,
+        }
+    }
+    Ok(())
+}

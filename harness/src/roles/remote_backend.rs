@@ -1,7 +1,6 @@
 //! `harness role remote-backend`: serves the source region over `frpc` on a
 //! TCP listener until told to stop.
 
-use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
@@ -9,7 +8,7 @@ use backends::SharedBackend;
 use tokio_util::sync::CancellationToken;
 use transports::server::{ServeConfig, ServeStats};
 
-use super::protocol::{RoleCommand, RoleEvent, ServeCounters, MAX_LINE};
+use super::protocol::{emit, wait_for_stop, RoleEvent, ServeCounters};
 use crate::source::SourceImage;
 
 /// The role's arguments.
@@ -33,13 +32,6 @@ fn counters(s: ServeStats) -> ServeCounters {
         bytes_sent: s.bytes_sent,
         peak_in_flight: s.peak_in_flight,
     }
-}
-
-fn emit(event: &RoleEvent) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, event)?;
-    out.write_all(b"\n")?;
-    out.flush().context("writing to the runner")
 }
 
 /// Runs the role; reports a failure as an `error` event as well.
@@ -79,21 +71,7 @@ fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
     })?;
 
     // Commands arrive on stdin; its end (the runner went away) means stop.
-    let stdin = std::io::stdin().lock();
-    for line in stdin.split(b'\n') {
-        let line = line.context("reading commands")?;
-        if line.len() > MAX_LINE {
-            anyhow::bail!("a command line of {} bytes exceeds {MAX_LINE}", line.len());
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let command: RoleCommand = serde_json::from_slice(&line)
-            .with_context(|| format!("bad command {:?}", String::from_utf8_lossy(&line)))?;
-        match command {
-            RoleCommand::Stop => break,
-        }
-    }
+    wait_for_stop()?;
     shutdown.cancel();
     let stats = runtime
         .block_on(server)
