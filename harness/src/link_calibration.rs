@@ -230,8 +230,12 @@ impl LinkCalibrationScenario {
             round_trips: self.plan.round_trips,
             udp_probes: self.plan.udp_probes,
             idle_max: at_least(1.0, 25),
-            bulk_warmup: at_least(self.plan.bulk_warmup_s, 15),
-            bulk_duration: at_least(self.plan.bulk_s, 5),
+            // Slow start overshoots into the queue and recovers over several
+            // RTTs; a window of only a few RTTs then counts the payload a
+            // retransmission releases from the receiver's buffer all at
+            // once, and goodput reads above the rate.
+            bulk_warmup: at_least(self.plan.bulk_warmup_s, 20),
+            bulk_duration: at_least(self.plan.bulk_s, 20),
             loaded_duration: at_least(self.plan.bulk_s, 10),
             io_timeout: at_least(5.0, 4),
             ..CalibrationPlan::default()
@@ -634,8 +638,8 @@ mod tests {
             rtt_ms: 400.0,
             rate_mbit: None,
         });
-        assert_eq!(long.bulk_warmup, Duration::from_secs(6));
-        assert_eq!(long.bulk_duration, Duration::from_secs(2));
+        assert_eq!(long.bulk_warmup, Duration::from_secs(8));
+        assert_eq!(long.bulk_duration, Duration::from_secs(8));
         assert_eq!(long.idle_max, Duration::from_secs(10));
         long.validate().unwrap();
     }
