@@ -337,7 +337,10 @@ fn fill_measured(
     record.metrics = Metrics {
         setup_ms: Some(m.setup.as_secs_f64() * 1e3),
         first_chunk_latency_us: w.first_access.map(|d| d.as_secs_f64() * 1e6),
-        read_throughput_mib_s: (secs > 0.0 && w.bytes_read > 0)
+        // A truncated run read only the accesses that fit the budget, and
+        // the first accesses of a region cost the most (they fault), so
+        // their rate is not the run's throughput: left unmeasured.
+        read_throughput_mib_s: (secs > 0.0 && w.bytes_read > 0 && !w.truncated)
             .then(|| w.bytes_read as f64 / (1024.0 * 1024.0) / secs),
         bytes_read: Some(w.bytes_read),
         transferred_bytes: m.transferred_bytes,
