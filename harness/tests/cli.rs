@@ -617,6 +617,19 @@ fn emulation_flag_is_refused_for_a_link_calibration() {
     );
 }
 
+/// Deletes the named network namespaces that still exist when dropped.
+struct NamespacesGuard(Vec<String>);
+
+impl Drop for NamespacesGuard {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            if Path::new("/run/netns").join(name).exists() {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+}
+
 /// A run killed with SIGKILL leaves its namespaces; `harness cleanup`
 /// removes them, and only the project's.
 #[test]
@@ -632,6 +645,9 @@ fn cleanup_removes_what_a_killed_run_left() {
         .status()
         .unwrap()
         .success());
+    // Removes the foreign namespace, and the killed run's if cleanup did
+    // not, however the test ends.
+    let mut guard = NamespacesGuard(vec![foreign.clone()]);
 
     let tmp = tempfile::tempdir().unwrap();
     let text = TINY
@@ -664,6 +680,7 @@ fn cleanup_removes_what_a_killed_run_left() {
     child.kill().unwrap();
     child.wait().unwrap();
     let left = project_namespaces();
+    guard.0.extend(left.iter().cloned());
     assert_eq!(
         left.len(),
         3,
@@ -686,7 +703,7 @@ fn cleanup_removes_what_a_killed_run_left() {
     );
     let still_there = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let foreign_kept = String::from_utf8_lossy(&still_there.stdout).contains(&foreign);
-    let _ = Command::new("ip").args(["netns", "del", &foreign]).status();
+    drop(guard);
     assert!(
         foreign_kept,
         "cleanup removed a namespace that is not the project's"
