@@ -4,33 +4,15 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn harness() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("the harness binary runs");
-    if !out.status.success() {
-        eprintln!(
-            "stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-/// Runs a command that must fail, and returns what it said on stderr.
-fn run_failing(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("the harness binary runs");
-    assert!(!out.status.success(), "{cmd:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{
+    cells, harness, is_root, project_namespaces, run, run_dir, run_failing, write_scenario,
+};
 
 const TINY: &str = r#"
 name = "tiny"
@@ -47,27 +29,6 @@ chunk_kib = [64]
 workload = ["sequential", "zipfian"]
 "#;
 
-fn write_scenario(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("tiny.toml");
-    fs::write(&path, text).unwrap();
-    path
-}
-
-/// The one run directory below `out`.
-fn run_dir(out: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(
-        dirs.len(),
-        1,
-        "expected one run directory in {}",
-        out.display()
-    );
-    dirs.pop().unwrap()
-}
-
 /// Runs `harness scenario FILE --emulation MODE --out DIR`.
 fn run_scenario(scenario: &Path, emulation: &str, out_dir: &Path) -> Output {
     run(harness()
@@ -75,18 +36,6 @@ fn run_scenario(scenario: &Path, emulation: &str, out_dir: &Path) -> Output {
         .arg(scenario)
         .args(["--emulation", emulation, "--out"])
         .arg(out_dir))
-}
-
-fn cells(dir: &Path) -> Vec<Value> {
-    fs::read_to_string(dir.join("cells.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 #[test]
@@ -262,7 +211,7 @@ fn malformed_scenario_names_file_key_and_allowed_values() {
         &TINY.replace("chunk_kib = [64]", "chunk_kb = [64]"),
     );
     let err = run_failing(harness().args(["scenario", scenario.to_str().unwrap()]));
-    assert!(err.contains("tiny.toml"), "{err}");
+    assert!(err.contains("scenario.toml"), "{err}");
     assert!(
         err.contains("chunk_kb") && err.contains("chunk_kib"),
         "{err}"
@@ -407,16 +356,6 @@ fn remote_backend_role_reports_a_bad_listen_address() {
 /// Tests that create or remove the project's namespaces run one at a time:
 /// `harness cleanup` removes every `msb-` namespace, a running test's too.
 static NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn project_namespaces() -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("msb-"))
-        .map(String::from)
-        .collect()
-}
 
 /// As root, cells run across two namespaces through the packet relay, the
 /// remote backend as a role process, and the namespaces are gone afterwards.

@@ -5,12 +5,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
 use serde_json::Value;
+
+mod common;
+use common::{harness, is_root, project_namespaces, run, write_scenario};
 
 const TRANSPORTS: [&str; 5] = ["jsonl", "grpc", "frpc", "tarpc", "raw"];
 
@@ -36,28 +37,6 @@ rtt_ms = [0, 2]
 [sweeps.chunk]
 chunk_kib = [4, 64]
 "#;
-
-fn harness() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("the harness binary runs");
-    if !out.status.success() {
-        eprintln!(
-            "stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-fn write_scenario(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("sweep.toml");
-    fs::write(&path, text).unwrap();
-    path
-}
 
 /// Runs `text` with `--emulation MODE`; returns stdout and the records.
 fn run_sweep(text: &str, mode: &str) -> (String, PathBuf, Vec<Value>, tempfile::TempDir) {
@@ -92,22 +71,8 @@ fn run_sweep(text: &str, mode: &str) -> (String, PathBuf, Vec<Value>, tempfile::
     )
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// Tests that create namespaces run one at a time.
 static NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn project_namespaces() -> BTreeSet<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("msb-"))
-        .map(String::from)
-        .collect()
-}
 
 /// Checks an ok cell: intact, measured, attributed to its transport.
 fn assert_ok_cell(cell: &Value) {
@@ -218,7 +183,7 @@ fn userspace_link_sweep_crosses_namespaces_and_cleans_up() {
     assert!(!ours.is_empty(), "{emulator}");
     let left = project_namespaces();
     for ns in ours {
-        assert!(!left.contains(ns), "namespace {ns} left behind");
+        assert!(!left.iter().any(|l| l == ns), "namespace {ns} left behind");
     }
 }
 
