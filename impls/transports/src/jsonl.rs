@@ -730,48 +730,36 @@ pub async fn serve_listener_with(
     mut on_peer: impl FnMut(Arc<JsonlPeer>) + Send,
 ) -> std::io::Result<ServeStats> {
     let meter = Arc::new(Meter::default());
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer_addr)) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(%peer_addr, error = %e, "could not set TCP_NODELAY");
-                }
-                let peer = Arc::new(JsonlPeer::with_meter(
-                    stream,
-                    services.clone(),
-                    &config,
-                    meter.clone(),
-                ));
-                on_peer(peer.clone());
-                let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    tokio::select! {
-                        end = peer.closed() => {
-                            if let PeerEnd::Failed(e) = end {
-                                tracing::debug!(%peer_addr, error = %e, "jsonl connection failed");
-                            }
-                        }
-                        () = shutdown.cancelled() => {
-                            peer.close();
-                            peer.closed().await;
+    crate::accept::accept_until(
+        &listener,
+        &shutdown,
+        None,
+        |stream, peer_addr| {
+            let peer = Arc::new(JsonlPeer::with_meter(
+                stream,
+                services.clone(),
+                &config,
+                meter.clone(),
+            ));
+            on_peer(peer.clone());
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    end = peer.closed() => {
+                        if let PeerEnd::Failed(e) = end {
+                            tracing::debug!(%peer_addr, error = %e, "jsonl connection failed");
                         }
                     }
-                });
+                    () = shutdown.cancelled() => {
+                        peer.close();
+                        peer.closed().await;
+                    }
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    while connections.join_next().await.is_some() {}
+        },
+        drop,
+    )
+    .await;
     Ok(meter.stats())
 }
 

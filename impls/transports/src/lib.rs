@@ -97,6 +97,7 @@
 //! # }
 //! ```
 
+mod accept;
 pub mod client;
 pub mod conformance;
 mod conn;

@@ -31,7 +31,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -39,7 +38,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use backends::{BackendError, Result};
@@ -275,40 +274,27 @@ pub async fn serve_listener(
     shutdown: CancellationToken,
 ) -> std::io::Result<ServeStats> {
     let meter = Arc::new(Meter::default());
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(%peer, error = %e, "could not set TCP_NODELAY");
+    crate::accept::accept_until(
+        &listener,
+        &shutdown,
+        None,
+        |stream, peer| {
+            let served = serve_connection(
+                Counted::new(stream, meter.bytes.clone()),
+                services.clone(),
+                config.clone(),
+                meter.clone(),
+                shutdown.child_token(),
+            );
+            async move {
+                if let Err(e) = served.await {
+                    tracing::debug!(%peer, error = %e, "raw connection closed on a bad request");
                 }
-                let stream = Counted::new(stream, meter.bytes.clone());
-                let served = serve_connection(
-                    stream,
-                    services.clone(),
-                    config.clone(),
-                    meter.clone(),
-                    shutdown.child_token(),
-                );
-                connections.spawn(async move {
-                    if let Err(e) = served.await {
-                        tracing::debug!(%peer, error = %e, "raw connection closed on a bad request");
-                    }
-                });
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    while connections.join_next().await.is_some() {}
+        },
+        drop,
+    )
+    .await;
     Ok(meter.stats())
 }
 

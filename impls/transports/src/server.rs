@@ -321,44 +321,23 @@ pub async fn serve_listener_services(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<ServeStats> {
-    let mut connections = JoinSet::new();
     let mut total = ServeStats::default();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(done) = connections.join_next(), if !connections.is_empty() => {
-                add_connection(&mut total, done);
-                continue;
-            }
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                // Small frames must not wait for Nagle's algorithm.
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(%peer, error = %e, "could not set TCP_NODELAY");
-                }
-                tracing::debug!(%peer, "frpc connection accepted");
-                connections.spawn(serve_services(
-                    stream,
-                    services.clone(),
-                    config.clone(),
-                    shutdown.child_token(),
-                ));
-            }
-            // Per-connection failures (e.g. the peer reset before accept)
-            // do not stop the listener; running out of descriptors would
-            // spin, so back off briefly.
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    while let Some(done) = connections.join_next().await {
-        add_connection(&mut total, done);
-    }
+    crate::accept::accept_until(
+        &listener,
+        &shutdown,
+        None,
+        |stream, peer| {
+            tracing::debug!(%peer, "frpc connection accepted");
+            serve_services(
+                stream,
+                services.clone(),
+                config.clone(),
+                shutdown.child_token(),
+            )
+        },
+        |done| add_connection(&mut total, done),
+    )
+    .await;
     Ok(total)
 }
 

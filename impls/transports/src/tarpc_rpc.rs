@@ -197,41 +197,23 @@ pub async fn serve_listener(
         meter: meter.clone(),
         max_message: config.max_message,
     };
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(%peer, error = %e, "could not set TCP_NODELAY");
-                }
-                let stream = Counted::new(stream, meter.bytes.clone());
-                connections.spawn(serve_connection(
-                    stream,
-                    server.clone(),
-                    config.max_in_flight,
-                    shutdown.child_token(),
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    // Let connections finish what is in flight, as the other servers do.
-    let drained = tokio::time::timeout(config.linger, async {
-        while connections.join_next().await.is_some() {}
-    })
+    // Connections may finish what is in flight for `linger`, as the other
+    // servers' do.
+    crate::accept::accept_until(
+        &listener,
+        &shutdown,
+        Some(config.linger),
+        |stream, _peer| {
+            serve_connection(
+                Counted::new(stream, meter.bytes.clone()),
+                server.clone(),
+                config.max_in_flight,
+                shutdown.child_token(),
+            )
+        },
+        drop,
+    )
     .await;
-    if drained.is_err() {
-        connections.abort_all();
-    }
     Ok(meter.stats())
 }
 
