@@ -71,3 +71,15 @@ pub fn wait_for_stop() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Role side: runs `serve`, reporting a failure to the runner as an
+/// `error` event as well as returning it.
+pub fn run_reporting(serve: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let result = serve();
+    if let Err(e) = &result {
+        let _ = emit(&RoleEvent::Error {
+            message: format!("{e:#}"),
+        });
+    }
+    result
+}

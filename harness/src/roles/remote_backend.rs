@@ -8,7 +8,7 @@ use backends::SharedBackend;
 use tokio_util::sync::CancellationToken;
 use transports::server::{ServeConfig, ServeStats};
 
-use super::protocol::{emit, wait_for_stop, RoleEvent, ServeCounters};
+use super::protocol::{emit, run_reporting, wait_for_stop, RoleEvent, ServeCounters};
 use crate::source::SourceImage;
 
 /// The role's arguments.
@@ -36,13 +36,7 @@ fn counters(s: ServeStats) -> ServeCounters {
 
 /// Runs the role; reports a failure as an `error` event as well.
 pub fn run(args: RemoteBackendArgs) -> anyhow::Result<()> {
-    let result = serve(args);
-    if let Err(e) = &result {
-        let _ = emit(&RoleEvent::Error {
-            message: format!("{e:#}"),
-        });
-    }
-    result
+    run_reporting(|| serve(args))
 }
 
 fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {

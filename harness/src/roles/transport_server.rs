@@ -15,7 +15,7 @@ use backends::SharedBackend;
 use tokio_util::sync::CancellationToken;
 use transports::{ServeStats, Services, TransportConfig, TransportKind};
 
-use super::protocol::{emit, wait_for_stop, RoleEvent, ServeCounters};
+use super::protocol::{emit, run_reporting, wait_for_stop, RoleEvent, ServeCounters};
 use crate::source::SourceImage;
 
 /// The role's arguments.
@@ -62,13 +62,7 @@ pub fn transport_config(max_in_flight: usize, connections: usize) -> TransportCo
 
 /// Runs the role; reports a failure as an `error` event as well.
 pub fn run(args: TransportServerArgs) -> anyhow::Result<()> {
-    let result = serve(args);
-    if let Err(e) = &result {
-        let _ = emit(&RoleEvent::Error {
-            message: format!("{e:#}"),
-        });
-    }
-    result
+    run_reporting(|| serve(args))
 }
 
 fn serve(args: TransportServerArgs) -> anyhow::Result<()> {
