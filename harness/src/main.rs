@@ -156,12 +156,10 @@ enum NetemCommand {
 
 #[derive(Debug, Subcommand)]
 enum RoleCommand {
-    /// Serve the source region over frpc on a TCP listener until stdin
-    /// says stop (or closes). Prints a `ready` line with the bound address.
+    /// Serve the source region's backend service over a transport (jsonl,
+    /// grpc, frpc, tarpc, raw) on a TCP listener until stdin says stop (or
+    /// closes). Prints a `ready` line with the bound address.
     RemoteBackend(roles::remote_backend::RemoteBackendArgs),
-    /// Serve the source region over any transport (jsonl, grpc, frpc,
-    /// tarpc, raw) on a TCP listener until stdin says stop (or closes).
-    TransportServer(roles::transport_server::TransportServerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -331,10 +329,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Role(RoleCommand::RemoteBackend(args)) => {
             roles::remote_backend::run(args)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Role(RoleCommand::TransportServer(args)) => {
-            roles::transport_server::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netem(NetemCommand::Check {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -131,12 +132,7 @@ pub fn run(
         );
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("remote-io")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = cell_runtime(network.as_ref())?;
 
     let progress = progress_bar(total);
     let mut sources = SourceCache::new(scenario.seed);
@@ -197,6 +193,33 @@ pub fn run(
 /// Measures the link at every RTT the cells use, so the manifest says how
 /// faithful the emulation was. A calibration that fails is recorded as such;
 /// the cells still run (and record their own departure errors).
+/// The runtime cells do their remote I/O on. Across namespaces its threads
+/// live in `dst`, so every socket a cell's destination opens is there, as
+/// on a real destination host, whichever transport opens it.
+fn cell_runtime(
+    network: Option<&crate::network::Namespaces>,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(2)
+        .thread_name("remote-io")
+        .enable_all();
+    if let Some(net) = network {
+        let dst = Arc::new(
+            netem::NetNs::open(net.topology.dst_ns())
+                .with_context(|| format!("opening namespace {}", net.topology.dst_ns()))?,
+        );
+        builder.on_thread_start(move || {
+            if let Err(e) = dst.enter_current_thread() {
+                // A thread left outside `dst` cannot reach the source: the
+                // cell's connect fails and names the address.
+                tracing::error!("a remote-io thread could not enter {}: {e}", dst.name());
+            }
+        });
+    }
+    builder.build().context("starting the async runtime")
+}
+
 fn calibrate_link(net: &crate::network::Namespaces, cells: &[CellSpec]) -> Vec<serde_json::Value> {
     let mut rtts: Vec<f64> = cells.iter().filter_map(|c| c.rtt_ms).collect();
     rtts.sort_by(f64::total_cmp);

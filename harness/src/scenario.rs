@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::implementations::{self, Axis};
+use transports::TransportKind;
+
 use crate::workload::WorkloadKind;
 
 /// Errors loading or validating a scenario. Every message names the file.
@@ -56,6 +58,10 @@ const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
+/// The most pull workers a cell may ask for: the thesis's sweep went to
+/// 16384, each one a task holding one chunk request in flight.
+pub const MAX_PULL_WORKERS: usize = 16_384;
+
 /// Names of the built-in scenarios.
 pub fn built_in_names() -> impl Iterator<Item = &'static str> {
     BUILT_IN.iter().map(|(n, _)| *n)
@@ -84,6 +90,56 @@ impl fmt::Display for Placement {
     }
 }
 
+/// The order a managed mount's background puller fetches chunks in.
+///
+/// The thesis sorts chunks by a priority callback, highest first, and
+/// compares `return -n` (pull from the front: right for an application that
+/// reads forwards) with `return n` (from the back: the inverted heuristic
+/// for the same application). Those are `linear` and `reverse` here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullHeuristic {
+    /// Ascending offsets (the thesis's `return -n`).
+    Linear,
+    /// Descending offsets (the thesis's `return n`).
+    Reverse,
+    /// A seeded random permutation.
+    Random,
+    /// The order the same workload first touched chunks in a recorded run
+    /// (a trace taken by the cell itself before it measures).
+    Trace,
+}
+
+impl fmt::Display for PullHeuristic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullHeuristic::Linear => "linear",
+            PullHeuristic::Reverse => "reverse",
+            PullHeuristic::Random => "random",
+            PullHeuristic::Trace => "trace",
+        })
+    }
+}
+
+/// Where a managed mount cuts accesses into chunks (thesis 3.5.2): on the
+/// destination, so the remote only ever sees whole chunks, or on the remote,
+/// so the destination forwards accesses as the application made them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChunkingSide {
+    Client,
+    Server,
+}
+
+impl fmt::Display for ChunkingSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChunkingSide::Client => "client",
+            ChunkingSide::Server => "server",
+        })
+    }
+}
+
 /// The axes of a scenario: every combination is a cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,10 +155,42 @@ pub struct Axes {
     /// Thread placement.
     #[serde(default = "default_placement")]
     pub placement: Vec<Placement>,
+    /// The wire between the destination and the source's service, for
+    /// implementations that call a remote service.
+    #[serde(default = "default_transport")]
+    pub transport: Vec<TransportKind>,
+    /// Background pull workers of a managed mount.
+    #[serde(default = "default_pull_workers")]
+    pub pull_workers: Vec<usize>,
+    /// The background puller's order.
+    #[serde(default = "default_pull_heuristic")]
+    pub pull_heuristic: Vec<PullHeuristic>,
+    /// Where a managed mount cuts accesses into chunks.
+    #[serde(default = "default_chunking")]
+    pub chunking: Vec<ChunkingSide>,
 }
 
 fn default_placement() -> Vec<Placement> {
     vec![Placement::Unpinned]
+}
+
+fn default_transport() -> Vec<TransportKind> {
+    vec![TransportKind::Frpc]
+}
+
+/// The thesis's managed mounts ran 512 pull workers by default.
+pub const DEFAULT_PULL_WORKERS: usize = 512;
+
+fn default_pull_workers() -> Vec<usize> {
+    vec![DEFAULT_PULL_WORKERS]
+}
+
+fn default_pull_heuristic() -> Vec<PullHeuristic> {
+    vec![PullHeuristic::Linear]
+}
+
+fn default_chunking() -> Vec<ChunkingSide> {
+    vec![ChunkingSide::Client]
 }
 
 /// Axis overrides of a profile; each replaces the whole list.
@@ -114,6 +202,10 @@ pub struct AxesOverride {
     chunk_kib: Option<Vec<u64>>,
     workload: Option<Vec<WorkloadKind>>,
     placement: Option<Vec<Placement>>,
+    transport: Option<Vec<TransportKind>>,
+    pull_workers: Option<Vec<usize>>,
+    pull_heuristic: Option<Vec<PullHeuristic>>,
+    chunking: Option<Vec<ChunkingSide>>,
 }
 
 /// Settings a profile may override.
@@ -184,6 +276,10 @@ pub struct CellSpec {
     pub access_bytes: u64,
     pub workload: WorkloadKind,
     pub placement: Placement,
+    pub transport: TransportKind,
+    pub pull_workers: usize,
+    pub pull_heuristic: PullHeuristic,
+    pub chunking: ChunkingSide,
 }
 
 impl CellSpec {
@@ -215,6 +311,25 @@ impl CellSpec {
             "placement".into(),
             serde_json::json!(self.placement.to_string()),
         );
+        let uses = |a: Axis| self.implementation.axes.contains(&a);
+        if uses(Axis::Transport) {
+            p.insert("transport".into(), serde_json::json!(self.transport.name()));
+        }
+        if uses(Axis::PullWorkers) {
+            p.insert("pull_workers".into(), serde_json::json!(self.pull_workers));
+        }
+        if uses(Axis::PullHeuristic) {
+            p.insert(
+                "pull_heuristic".into(),
+                serde_json::json!(self.pull_heuristic.to_string()),
+            );
+        }
+        if uses(Axis::Chunking) {
+            p.insert(
+                "chunking".into(),
+                serde_json::json!(self.chunking.to_string()),
+            );
+        }
         p
     }
 
@@ -447,6 +562,10 @@ pub fn parse(origin: &str, text: &str, profile: &str) -> Result<Scenario, Scenar
             chunk_kib: ax.chunk_kib.unwrap_or(file.axes.chunk_kib),
             workload: ax.workload.unwrap_or(file.axes.workload),
             placement: ax.placement.unwrap_or(file.axes.placement),
+            transport: ax.transport.unwrap_or(file.axes.transport),
+            pull_workers: ax.pull_workers.unwrap_or(file.axes.pull_workers),
+            pull_heuristic: ax.pull_heuristic.unwrap_or(file.axes.pull_heuristic),
+            chunking: ax.chunking.unwrap_or(file.axes.chunking),
         },
         origin: origin.to_owned(),
     };
@@ -503,9 +622,21 @@ fn validate(s: &Scenario) -> Result<(), (String, String)> {
         ("axes.chunk_kib", axes.chunk_kib.is_empty()),
         ("axes.workload", axes.workload.is_empty()),
         ("axes.placement", axes.placement.is_empty()),
+        ("axes.transport", axes.transport.is_empty()),
+        ("axes.pull_workers", axes.pull_workers.is_empty()),
+        ("axes.pull_heuristic", axes.pull_heuristic.is_empty()),
+        ("axes.chunking", axes.chunking.is_empty()),
     ] {
         if empty {
             return err(key, "must list at least one value".into());
+        }
+    }
+    for &workers in &axes.pull_workers {
+        if !(1..=MAX_PULL_WORKERS).contains(&workers) {
+            return err(
+                "axes.pull_workers",
+                format!("{workers} is not in 1..={MAX_PULL_WORKERS}"),
+            );
         }
     }
     for &rtt in &axes.rtt_ms {
@@ -558,54 +689,89 @@ fn validate(s: &Scenario) -> Result<(), (String, String)> {
 }
 
 impl Scenario {
-    /// Every cell, in run order: implementation-major, then the axes.
+    /// Every cell, in run order: implementation-major, then the axes in
+    /// the order below, RTT innermost. Axes an implementation ignores take
+    /// their first value and are not expanded.
     pub fn cells(&self) -> Vec<CellSpec> {
-        let mut cells: Vec<CellSpec> = Vec::new();
+        let ax = &self.axes;
+        let mut all: Vec<CellSpec> = Vec::new();
         for name in &self.implementations {
             let Some(imp) = implementations::find(name) else {
                 continue; // validate() already rejected unknown names
             };
             let uses = |a: Axis| imp.axes.contains(&a);
-            let rtts: Vec<Option<f64>> = if uses(Axis::Rtt) {
-                self.axes.rtt_ms.iter().map(|r| Some(*r)).collect()
-            } else {
-                vec![None]
+            // Validation guarantees every axis has a first value.
+            let template = CellSpec {
+                implementation: imp,
+                rtt_ms: None,
+                region_bytes: 0,
+                chunk_bytes: ax.chunk_kib[0] << 10,
+                access_bytes: self.access_kib << 10,
+                workload: ax.workload[0],
+                placement: Placement::Unpinned,
+                transport: ax.transport[0],
+                pull_workers: ax.pull_workers[0],
+                pull_heuristic: ax.pull_heuristic[0],
+                chunking: ax.chunking[0],
             };
-            let chunks: Vec<u64> = if uses(Axis::ChunkSize) {
-                self.axes.chunk_kib.clone()
-            } else {
-                vec![self.axes.chunk_kib[0]]
-            };
-            let placements: Vec<Placement> = if uses(Axis::Placement) {
-                self.axes.placement.clone()
-            } else {
-                vec![Placement::Unpinned]
-            };
-            for &region_mib in &self.axes.region_mib {
-                for &chunk_kib in &chunks {
-                    for &workload in &self.axes.workload {
-                        for &placement in &placements {
-                            for &rtt_ms in &rtts {
-                                let cell = CellSpec {
-                                    implementation: imp,
-                                    rtt_ms,
-                                    region_bytes: region_mib << 20,
-                                    chunk_bytes: chunk_kib << 10,
-                                    access_bytes: self.access_kib << 10,
-                                    workload,
-                                    placement,
-                                };
-                                if !cells.contains(&cell) {
-                                    cells.push(cell);
-                                }
-                            }
-                        }
-                    }
+            let mut cells = vec![template];
+            expand(&mut cells, true, &ax.region_mib, |c, &v| {
+                c.region_bytes = v << 20
+            });
+            expand(&mut cells, uses(Axis::ChunkSize), &ax.chunk_kib, |c, &v| {
+                c.chunk_bytes = v << 10
+            });
+            expand(&mut cells, true, &ax.workload, |c, &v| c.workload = v);
+            expand(&mut cells, uses(Axis::Placement), &ax.placement, |c, &v| {
+                c.placement = v
+            });
+            expand(&mut cells, uses(Axis::Transport), &ax.transport, |c, &v| {
+                c.transport = v
+            });
+            expand(
+                &mut cells,
+                uses(Axis::PullWorkers),
+                &ax.pull_workers,
+                |c, &v| c.pull_workers = v,
+            );
+            expand(
+                &mut cells,
+                uses(Axis::PullHeuristic),
+                &ax.pull_heuristic,
+                |c, &v| c.pull_heuristic = v,
+            );
+            expand(&mut cells, uses(Axis::Chunking), &ax.chunking, |c, &v| {
+                c.chunking = v
+            });
+            expand(&mut cells, uses(Axis::Rtt), &ax.rtt_ms, |c, &v| {
+                c.rtt_ms = Some(v)
+            });
+            for cell in cells {
+                if !all.contains(&cell) {
+                    all.push(cell);
                 }
             }
         }
-        cells
+        all
     }
+}
+
+/// Replaces every cell by one copy per value of an axis the implementation
+/// uses (later axes vary faster); leaves the cells alone otherwise.
+fn expand<T>(cells: &mut Vec<CellSpec>, uses: bool, values: &[T], set: impl Fn(&mut CellSpec, &T)) {
+    if !uses {
+        return;
+    }
+    *cells = cells
+        .iter()
+        .flat_map(|cell| {
+            values.iter().map(|v| {
+                let mut c = cell.clone();
+                set(&mut c, v);
+                c
+            })
+        })
+        .collect();
 }
 
 #[cfg(test)]
@@ -663,6 +829,47 @@ mod tests {
         let ids: std::collections::BTreeSet<String> =
             cells.iter().map(|c| c.cell_id("t")).collect();
         assert_eq!(ids.len(), cells.len(), "cell ids must be unique");
+    }
+
+    #[test]
+    fn only_implementations_using_an_axis_expand_over_it() {
+        let text = with_key_replaced(GOOD, "axes.transport = [\"frpc\", \"grpc\"]");
+        let text = with_key_replaced(&text, "axes.pull_workers = [1, 64]");
+        let cells = parse("t", &text, "default").unwrap().cells();
+        let count = |name: &str| {
+            cells
+                .iter()
+                .filter(|c| c.implementation.name == name)
+                .count()
+        };
+        // uffd uses the transport axis, not the pull-worker one.
+        assert_eq!((count("baseline"), count("uffd")), (2, 8));
+        let uffd = cells
+            .iter()
+            .find(|c| c.implementation.name == "uffd")
+            .unwrap();
+        let params = uffd.params();
+        assert!(params.contains_key("transport"), "{params:?}");
+        assert!(!params.contains_key("pull_workers"), "{params:?}");
+        let e = parse(
+            "f.toml",
+            &with_key_replaced(GOOD, "axes.pull_workers = [0]"),
+            "default",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("axes.pull_workers") && e.contains("16384"),
+            "{e}"
+        );
+        let e = parse(
+            "f.toml",
+            &with_key_replaced(GOOD, "axes.transport = [\"smoke\"]"),
+            "default",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("smoke") && e.contains("grpc"), "{e}");
     }
 
     #[test]

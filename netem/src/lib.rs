@@ -11,6 +11,8 @@
 //! - [`delay_line`]: [`DelayLine`], a pair of connected byte streams where
 //!   every byte arrives a fixed one-way delay after it was written, with
 //!   many writes in flight at once.
+//! - [`delay_proxy`]: [`DelayProxy`], a loopback TCP proxy that runs every
+//!   connection through a delay line, for transports that only speak TCP.
 //! - [`per_call`]: [`PerCallDelay`], a backend wrapper that sleeps one RTT
 //!   before every call, the way the thesis emulated latency.
 //! - [`topology`]: [`Topology`], a run's namespaces (`src`, `dst`, and the
@@ -51,6 +53,7 @@
 
 pub mod calibrate;
 pub mod delay_line;
+pub mod delay_proxy;
 pub mod kernel_netem;
 pub mod link;
 pub mod per_call;
@@ -58,6 +61,7 @@ pub mod timer;
 pub mod topology;
 
 pub use delay_line::{DelayLine, DelayStream, LinkStats};
+pub use delay_proxy::{DelayProxy, DelayProxyError};
 pub use kernel_netem::{KernelNetem, KernelNetemError};
 pub use per_call::PerCallDelay;
 pub use timer::{precise_sleep, precise_sleep_until, PreciseSleep};

@@ -150,7 +150,7 @@ const RTT_X: XAxis = XAxis::Param {
     scale: Scale::Log,
 };
 const WORKERS_X: XAxis = XAxis::Param {
-    name: "workers",
+    name: "pull_workers",
     label: "pull workers",
     scale: Scale::Log,
 };
@@ -511,7 +511,7 @@ pub const CATALOG: &[FigureSpec] = &[
     // ---- pull-heuristic ----
     FigureSpec {
         id: "pull-heuristic-first-chunk-latency",
-        title: "Pull heuristic right vs inverted: first-chunk latency",
+        title: "Pull heuristics (linear is the thesis's right one, reverse its inverted one): first-chunk latency",
         design_row: "pull heuristic right vs inverted: first-chunk latency",
         scenario: "pull-heuristic",
         measures: one!("first_chunk_latency_us"),
@@ -520,16 +520,16 @@ pub const CATALOG: &[FigureSpec] = &[
         y_factor: 1.0,
         band: BandPolicy::MinMax,
         x: RTT_X,
-        series: SeriesKey::Param("heuristic"),
+        series: SeriesKey::Param("pull_heuristic"),
         filters: &[],
         facet: None,
         extras: &[],
-        expects: &["right", "inverted"],
-        needs: "managed mounts over a `heuristic` axis recording `first_chunk_latency_us`",
+        expects: &["linear", "reverse", "random", "trace"],
+        needs: "managed mounts over a `pull_heuristic` axis recording `first_chunk_latency_us`",
     },
     FigureSpec {
         id: "pull-heuristic-read-throughput",
-        title: "Pull heuristic right vs inverted: read throughput",
+        title: "Pull heuristics (linear is the thesis's right one, reverse its inverted one): read throughput",
         design_row: "pull heuristic right vs inverted: throughput",
         scenario: "pull-heuristic",
         measures: one!("read_throughput_mib_s"),
@@ -538,12 +538,12 @@ pub const CATALOG: &[FigureSpec] = &[
         y_factor: 1.0,
         band: BandPolicy::Spread,
         x: RTT_X,
-        series: SeriesKey::Param("heuristic"),
+        series: SeriesKey::Param("pull_heuristic"),
         filters: &[],
         facet: None,
         extras: &[],
-        expects: &["right", "inverted"],
-        needs: "managed mounts over a `heuristic` axis recording `read_throughput_mib_s`",
+        expects: &["linear", "reverse", "random", "trace"],
+        needs: "managed mounts over a `pull_heuristic` axis recording `read_throughput_mib_s`",
     },
     // ---- downtime ----
     FigureSpec {

@@ -10,6 +10,10 @@ const PARAM_COLUMNS: &[(&str, &str)] = &[
     ("chunk_kib", "chunk KiB"),
     ("workload", "workload"),
     ("placement", "placement"),
+    ("transport", "transport"),
+    ("pull_workers", "pull workers"),
+    ("pull_heuristic", "pull heuristic"),
+    ("chunking", "chunking"),
 ];
 
 /// Metrics shown, with their column titles.

@@ -25,6 +25,14 @@ pub enum Axis {
     Rtt,
     ChunkSize,
     Placement,
+    /// The RPC wire to the source's service.
+    Transport,
+    /// Background pull workers.
+    PullWorkers,
+    /// The background puller's order.
+    PullHeuristic,
+    /// Where accesses are cut into chunks.
+    Chunking,
 }
 
 /// One implementation.

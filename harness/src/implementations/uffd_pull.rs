@@ -18,7 +18,7 @@ use crate::workload::run_reads;
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "uffd",
     summary: "post-copy: userfaultfd MISSING faults, each chunk fetched from the remote and installed with UFFDIO_COPY",
-    axes: &[Axis::Rtt, Axis::ChunkSize, Axis::Placement],
+    axes: &[Axis::Rtt, Axis::ChunkSize, Axis::Placement, Axis::Transport],
     // Not listed as a hard need: the region itself tries every way to get a
     // userfaultfd and reports the kernel's reason when none works.
     needs: &[],
@@ -33,12 +33,16 @@ fn run(ctx: &CellContext) -> CellOutcome {
 
     // The source side (and, across namespaces, the connection to it) exists
     // before the destination opens, as it would on a real source host.
-    let link = {
-        let _guard = ctx.runtime.enter();
-        match RemoteLink::open(&ctx.source, ctx.emulation, ctx.network, rtt) {
-            Ok(link) => link,
-            Err(e) => return CellOutcome::Failed(format!("opening the link to the source: {e}")),
-        }
+    let link = match RemoteLink::open(
+        &ctx.source,
+        spec.transport,
+        ctx.emulation,
+        ctx.network,
+        rtt,
+        ctx.runtime.handle(),
+    ) {
+        Ok(link) => link,
+        Err(e) => return CellOutcome::Failed(format!("opening the link to the source: {e}")),
     };
     // Setup: learn the region's size from the remote (one round trip, as a
     // real destination must), map and register the region.

@@ -8,11 +8,9 @@
 //!
 //! - [`protocol`]: the messages.
 //! - [`child`]: the runner's side: a child process guard.
-//! - [`remote_backend`]: the role serving the source region over `frpc`.
-//! - [`transport_server`]: the role serving the source region over any
-//!   transport, for `transport-sweep`.
+//! - [`remote_backend`]: the role serving the source region's backend
+//!   service over any transport.
 
 pub mod child;
 pub mod protocol;
 pub mod remote_backend;
-pub mod transport_server;

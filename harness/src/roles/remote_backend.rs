@@ -1,12 +1,19 @@
-//! `harness role remote-backend`: serves the source region over `frpc` on a
-//! TCP listener until told to stop.
+//! `harness role remote-backend`: serves the source region's backend
+//! service over any transport (`jsonl`, `grpc`, `frpc`, `tarpc`, `raw`) on
+//! a TCP listener until told to stop. Region cells across namespaces and the
+//! `transport-sweep` scenario run one per cell in the `src` namespace.
+//!
+//! Its `stopped` event reports what the server carried and the CPU seconds
+//! the process used while serving: counted from `ready`, so generating and
+//! hashing the region is not charged to the transport.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use backends::SharedBackend;
 use tokio_util::sync::CancellationToken;
-use transports::server::{ServeConfig, ServeStats};
+use transports::{ServeStats, Services, TransportConfig, TransportKind};
 
 use super::protocol::{emit, run_reporting, wait_for_stop, RoleEvent, ServeCounters};
 use crate::source::SourceImage;
@@ -14,6 +21,9 @@ use crate::source::SourceImage;
 /// The role's arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteBackendArgs {
+    /// The wire: jsonl, grpc, frpc, tarpc or raw.
+    #[arg(long, default_value = "frpc")]
+    pub transport: TransportKind,
     /// Address to listen on (port 0 picks one; the role reports it).
     #[arg(long)]
     pub listen: SocketAddr,
@@ -23,14 +33,30 @@ pub struct RemoteBackendArgs {
     /// Seed of the region's content (the runner derives the same bytes).
     #[arg(long)]
     pub seed: u64,
+    /// Calls one connection handles at once before it pushes back.
+    #[arg(long, default_value_t = transports::server::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
 }
 
+/// What a server carried, in the protocol's form.
 fn counters(s: ServeStats) -> ServeCounters {
     ServeCounters {
         requests: s.requests,
         bytes_received: s.bytes_received,
         bytes_sent: s.bytes_sent,
         peak_in_flight: s.peak_in_flight,
+    }
+}
+
+/// The transport settings both sides of a sweep cell use.
+pub fn transport_config(max_in_flight: usize, connections: usize) -> TransportConfig {
+    TransportConfig {
+        connections,
+        max_in_flight,
+        // Short: the client hangs up before the server is stopped, so
+        // lingering only delays a server whose client died.
+        linger: Duration::from_secs(2),
+        ..TransportConfig::default()
     }
 }
 
@@ -42,6 +68,7 @@ pub fn run(args: RemoteBackendArgs) -> anyhow::Result<()> {
 fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("remote-backend")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -52,12 +79,14 @@ fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let shutdown = CancellationToken::new();
-    let server = runtime.spawn(transports::server::serve_listener(
+    let config = transport_config(args.max_in_flight, 1);
+    let server = runtime.spawn(args.transport.serve(
         listener,
-        backend,
-        ServeConfig::default(),
+        Services::backend(backend),
+        config,
         shutdown.clone(),
     ));
+    let cpu_at_ready = crate::host::process_cpu_seconds();
     emit(&RoleEvent::Ready {
         addr: addr.to_string(),
         size: args.size,
@@ -70,10 +99,10 @@ fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
     let stats = runtime
         .block_on(server)
         .context("the server task failed")?
-        .context("serving")?;
+        .with_context(|| format!("serving {}", args.transport))?;
     emit(&RoleEvent::Stopped {
         serve: counters(stats),
-        cpu_s: crate::host::process_cpu_seconds(),
+        cpu_s: crate::host::process_cpu_seconds() - cpu_at_ready,
     })?;
     Ok(())
 }

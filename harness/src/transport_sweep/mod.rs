@@ -11,7 +11,7 @@
 //! byte fails the cell.
 //!
 //! Where things run: in the packet-level modes (`userspace-link`,
-//! `kernel-netem`) the server is a `transport-server` role process in the
+//! `kernel-netem`) the server is a `remote-backend` role process in the
 //! `src` namespace and the client runs in `dst`, across the shaped link;
 //! in `inproc` both run in this process over loopback TCP, so a cell with
 //! an RTT cannot be emulated and is recorded as skipped.

@@ -19,7 +19,7 @@ use crate::link_calibration::{self, Point as LinkPoint};
 use crate::network::Namespaces;
 use crate::roles::child::RoleProcess;
 use crate::roles::protocol::RoleEvent;
-use crate::roles::transport_server::transport_config;
+use crate::roles::remote_backend::transport_config;
 use crate::runner::{new_manifest, progress_bar, run_id, utc_now, RunReport};
 use crate::source::{SourceCache, SourceImage};
 
@@ -288,7 +288,7 @@ impl Cell<'_> {
         Ok(measured)
     }
 
-    /// A `transport-server` role in `src`, the client in `dst`, the link
+    /// A `remote-backend` role in `src`, the client in `dst`, the link
     /// shaped for the point in between.
     fn run_namespaced(&self, net: &Namespaces) -> Result<Measured, CellError> {
         let link = net.start_link(link_calibration::link_for(LinkPoint {
@@ -308,14 +308,13 @@ impl Cell<'_> {
         let exe =
             std::env::current_exe().map_err(|e| format!("finding the harness binary: {e}"))?;
         let mut command = net.src.command(exe);
-        command.args(["role", "transport-server", "--transport", self.kind.name()]);
+        command.args(["role", "remote-backend", "--transport", self.kind.name()]);
         command.arg("--listen");
         command.arg(format!("{}:0", net.topology.src_addr()));
         command.args(["--size", &self.image.bytes().len().to_string()]);
         command.args(["--seed", &self.image.seed.to_string()]);
         command.args(["--max-in-flight", &self.max_in_flight().to_string()]);
-        let mut role =
-            RoleProcess::spawn("transport-server", command).map_err(|e| e.to_string())?;
+        let mut role = RoleProcess::spawn("remote-backend", command).map_err(|e| e.to_string())?;
         let addr = match role
             .next_event(ROLE_READY_TIMEOUT)
             .map_err(|e| e.to_string())?
@@ -323,18 +322,18 @@ impl Cell<'_> {
             RoleEvent::Ready { addr, sha256, .. } if sha256 == self.image.sha256 => addr,
             RoleEvent::Ready { sha256, .. } => {
                 return Err(format!(
-                    "the transport server serves content {sha256}, expected {}",
+                    "the remote backend role serves content {sha256}, expected {}",
                     self.image.sha256
                 )
                 .into())
             }
             other => {
-                return Err(format!("the transport server sent {other:?} before `ready`").into())
+                return Err(format!("the remote backend role sent {other:?} before `ready`").into())
             }
         };
         let addr: SocketAddr = addr
             .parse()
-            .map_err(|e| format!("the transport server's address {addr:?}: {e}"))?;
+            .map_err(|e| format!("the remote backend role's address {addr:?}: {e}"))?;
         // The client's runtime is built inside `dst`: its threads, and so
         // every socket they open, stay in that namespace.
         let client = net
@@ -354,7 +353,7 @@ impl Cell<'_> {
                 };
             }
             other => {
-                return Err(format!("the transport server ended with {other:?}").into());
+                return Err(format!("the remote backend role ended with {other:?}").into());
             }
         }
         Ok(measured)

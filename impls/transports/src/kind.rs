@@ -35,8 +35,12 @@ use crate::wire::DEFAULT_MAX_MESSAGE;
 /// noticed.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// One of the wires the study compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One of the wires the study compares; in files and on command lines by
+/// its [`TransportKind::name`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// dudirekta-style JSON lines, bidirectional.
     Jsonl,
