@@ -415,6 +415,7 @@ fn new_record(
         scenario: scenario.name.clone(),
         implementation: emulator.to_owned(),
         transport: None,
+        device: None,
         emulation: emulator.to_owned(),
         params: BTreeMap::from([
             ("rtt_ms".to_owned(), serde_json::json!(point.rtt_ms)),

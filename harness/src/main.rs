@@ -94,8 +94,9 @@ enum Command {
     /// Measure the emulated link.
     #[command(subcommand)]
     Netem(NetemCommand),
-    /// Remove what a killed run left behind: every network namespace and
-    /// veth named with the project's prefix (`msb-`), and nothing else.
+    /// Remove what a killed run left behind: every network namespace, veth
+    /// and FUSE mount named with the project's prefix (`msb-`), and nothing
+    /// else.
     Cleanup,
     /// Show what this host offers (root, userfaultfd, FUSE, namespaces, netem, NBD...).
     Doctor {
@@ -381,23 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup => {
-            let left =
-                netem::topology::leftovers(netem::topology::PREFIX).context("listing leftovers")?;
-            if left.is_empty() {
-                println!(
-                    "nothing to remove: no namespace or veth named {}*",
-                    netem::topology::PREFIX
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            let report =
-                netem::topology::cleanup(netem::topology::PREFIX).context("cleaning up")?;
-            for ns in &report.namespaces {
-                println!("removed namespace {ns}");
-            }
-            for link in &report.links {
-                println!("removed veth {link}");
-            }
+            cleanup()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { run_dir, open } => report::run(&run_dir, open),
@@ -418,5 +403,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `harness cleanup`: namespaces and veths, then FUSE mounts (and the
+/// `msb-` mount point directories they leave), all by the project's prefix.
+fn cleanup() -> anyhow::Result<()> {
+    let prefix = netem::topology::PREFIX;
+    let left = netem::topology::leftovers(prefix).context("listing leftover namespaces")?;
+    if !left.is_empty() {
+        let report = netem::topology::cleanup(prefix).context("removing namespaces")?;
+        for ns in &report.namespaces {
+            println!("removed namespace {ns}");
+        }
+        for link in &report.links {
+            println!("removed veth {link}");
+        }
+    }
+    let mounts = fusefs::unmount_leftovers(prefix).context("removing FUSE mounts")?;
+    for m in mounts.unmounted.iter().chain(&mounts.aborted) {
+        println!("unmounted {} ({})", m.mount_point.display(), m.source);
+        let is_ours = m
+            .mount_point
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix));
+        if is_ours {
+            // Only an empty directory goes; anything else is not ours to delete.
+            let _ = std::fs::remove_dir(&m.mount_point);
+        }
+    }
+    for (m, errno) in &mounts.failed {
+        eprintln!("could not unmount {}: {errno}", m.mount_point.display());
+    }
+    if left.is_empty() && mounts.unmounted.is_empty() && mounts.aborted.is_empty() {
+        println!("nothing to remove: no namespace, veth or FUSE mount named {prefix}*");
+    }
+    if mounts.failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} FUSE mount(s) could not be removed", mounts.failed.len())
     }
 }

@@ -11,7 +11,9 @@
 //! fresh link, so no cell inherits another's connection state (congestion
 //! window, queues).
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,14 +22,93 @@ use backends::{Backend, BackendError, SharedBackend};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use transports::{Client, ServeStats, Services, TransportError, TransportKind};
+use transports::{Client, Services, TransportKind};
 
 use crate::emulation::Emulation;
 use crate::network::{symmetric_link, Namespaces, ShapedLink};
 use crate::roles::child::RoleProcess;
-use crate::roles::protocol::RoleEvent;
+use crate::roles::protocol::{RoleEvent, ServeCounters};
 use crate::roles::remote_backend::transport_config;
 use crate::source::SourceImage;
+
+/// What the source is served over: one of the RPC transports, or NBD (for
+/// an NBD client across the link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Rpc(TransportKind),
+    Nbd,
+}
+
+/// The name of the NBD server's one export.
+pub const NBD_EXPORT: &str = "region";
+
+impl Wire {
+    pub fn name(self) -> &'static str {
+        match self {
+            Wire::Rpc(kind) => kind.name(),
+            Wire::Nbd => "nbd",
+        }
+    }
+}
+
+impl fmt::Display for Wire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Wire {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "nbd" {
+            return Ok(Wire::Nbd);
+        }
+        s.parse::<TransportKind>()
+            .map(Wire::Rpc)
+            .map_err(|_| format!("unknown wire {s:?}; allowed: jsonl, grpc, frpc, tarpc, raw, nbd"))
+    }
+}
+
+/// The task serving one wire until `shutdown`; resolves to what it carried
+/// (NBD counts payload bytes only).
+pub async fn serve_wire(
+    wire: Wire,
+    listener: tokio::net::TcpListener,
+    served: SharedBackend,
+    config: transports::TransportConfig,
+    shutdown: CancellationToken,
+) -> Result<ServeCounters, String> {
+    match wire {
+        Wire::Rpc(kind) => kind
+            .serve(listener, Services::backend(served), config, shutdown)
+            .await
+            .map(|s| ServeCounters {
+                requests: s.requests,
+                bytes_received: s.bytes_received,
+                bytes_sent: s.bytes_sent,
+                peak_in_flight: s.peak_in_flight,
+            })
+            .map_err(|e| e.to_string()),
+        Wire::Nbd => {
+            let server = nbd::Server::new(
+                vec![nbd::Export::new(NBD_EXPORT, served)],
+                nbd::ServerLimits::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            server
+                .serve_listener(listener, shutdown.cancelled_owned())
+                .await
+                .map(|s| ServeCounters {
+                    requests: s.requests,
+                    bytes_received: s.bytes_written,
+                    bytes_sent: s.bytes_read,
+                    peak_in_flight: 0,
+                })
+                .map_err(|e| e.to_string())
+        }
+    }
+}
 
 /// Who serves the source, and what carries the bytes.
 #[derive(Debug)]
@@ -35,7 +116,7 @@ enum Server {
     /// A task of this process on a loopback listener, reached directly or
     /// through a delay proxy.
     Task {
-        task: JoinHandle<Result<ServeStats, TransportError>>,
+        task: JoinHandle<Result<ServeCounters, String>>,
         shutdown: CancellationToken,
         proxy: Option<netem::DelayProxy>,
     },
@@ -50,9 +131,14 @@ enum Server {
 /// A running link: the destination's client and the server behind it.
 #[derive(Debug)]
 pub struct RemoteLink {
-    client: Client,
-    guarded: SharedBackend,
+    /// The RPC client (none for the NBD wire, whose client dials itself).
+    client: Option<Client>,
+    guarded: Option<SharedBackend>,
     server: Server,
+    /// Where a destination connects (through the proxy, when there is one).
+    dial: SocketAddr,
+    wire: Wire,
+    runtime: Handle,
 }
 
 /// How long a role may take to start serving (it generates the region).
@@ -117,14 +203,14 @@ fn link_config() -> transports::TransportConfig {
 }
 
 impl RemoteLink {
-    /// Serves `image` over `transport` and connects a client to it across
+    /// Serves `image` over `wire` and connects a client to it across
     /// `emulation` at `rtt` (`net` holds the namespaces of the packet-level
     /// modes). Blocks on `runtime`: call it from outside the runtime. Across
     /// namespaces the connection is opened by a task of `runtime`, whose
     /// threads must live in `dst` (the runner builds it so).
     pub fn open(
         image: &SourceImage,
-        transport: TransportKind,
+        wire: Wire,
         emulation: Emulation,
         net: Option<&Namespaces>,
         rtt: Duration,
@@ -132,14 +218,14 @@ impl RemoteLink {
     ) -> Result<Self, String> {
         let source: SharedBackend = image.backend.clone();
         match emulation {
-            Emulation::Inproc => Self::open_in_process(source, transport, rtt, rtt / 2, runtime),
+            Emulation::Inproc => Self::open_in_process(source, wire, rtt, rtt / 2, runtime),
             Emulation::PerCall => {
                 let delayed: SharedBackend = Arc::new(netem::PerCallDelay::new(source, rtt));
-                Self::open_in_process(delayed, transport, rtt, Duration::ZERO, runtime)
+                Self::open_in_process(delayed, wire, rtt, Duration::ZERO, runtime)
             }
             Emulation::UserspaceLink | Emulation::KernelNetem => {
                 let net = net.ok_or("the packet-level modes need the run's namespaces")?;
-                Self::open_namespaced(net, image, transport, rtt, runtime)
+                Self::open_namespaced(net, image, wire, rtt, runtime)
             }
         }
     }
@@ -148,12 +234,12 @@ impl RemoteLink {
     /// or through a delay proxy of `one_way` each way when that is not zero.
     fn open_in_process(
         served: SharedBackend,
-        transport: TransportKind,
+        wire: Wire,
         rtt: Duration,
         one_way: Duration,
         runtime: &Handle,
     ) -> Result<Self, String> {
-        runtime.block_on(async move {
+        let (task, shutdown, proxy, dial) = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
                 .await
                 .map_err(|e| format!("binding a loopback listener: {e}"))?;
@@ -161,9 +247,10 @@ impl RemoteLink {
                 .local_addr()
                 .map_err(|e| format!("reading the listener's address: {e}"))?;
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(transport.serve(
+            let task = tokio::spawn(serve_wire(
+                wire,
                 listener,
-                Services::backend(served),
+                served,
                 link_config(),
                 shutdown.clone(),
             ));
@@ -177,32 +264,51 @@ impl RemoteLink {
                 )
             };
             let dial = proxy.as_ref().map_or(addr, netem::DelayProxy::addr);
-            let client = transport
-                .connect(dial, &link_config())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(Self::with_client(
-                client,
-                Server::Task {
-                    task,
-                    shutdown,
-                    proxy,
-                },
-                rtt,
-            ))
-        })
+            Ok::<_, String>((task, shutdown, proxy, dial))
+        })?;
+        let server = Server::Task {
+            task,
+            shutdown,
+            proxy,
+        };
+        Self::connect(server, dial, wire, rtt, runtime)
     }
 
-    fn with_client(client: Client, server: Server, rtt: Duration) -> Self {
-        let guarded = Arc::new(CallTimeout {
-            inner: client.backend(),
-            limit: call_timeout(rtt),
+    /// Connects the RPC client (none for NBD) to a started server. The
+    /// connection is made by a task, not polled here: across namespaces the
+    /// runtime's threads are in `dst`, so the sockets they open are too.
+    fn connect(
+        server: Server,
+        dial: SocketAddr,
+        wire: Wire,
+        rtt: Duration,
+        runtime: &Handle,
+    ) -> Result<Self, String> {
+        let client = match wire {
+            Wire::Rpc(kind) => Some(
+                runtime
+                    .block_on(
+                        runtime.spawn(async move { kind.connect(dial, &link_config()).await }),
+                    )
+                    .map_err(|e| format!("connecting to the source: {e}"))?
+                    .map_err(|e| format!("connecting to the source: {e}"))?,
+            ),
+            Wire::Nbd => None,
+        };
+        let guarded = client.as_ref().map(|c| {
+            Arc::new(CallTimeout {
+                inner: c.backend(),
+                limit: call_timeout(rtt),
+            }) as SharedBackend
         });
-        RemoteLink {
+        Ok(RemoteLink {
             client,
             guarded,
             server,
-        }
+            dial,
+            wire,
+            runtime: runtime.clone(),
+        })
     }
 
     /// Starts the shaped link at `rtt`, a remote backend role serving
@@ -210,7 +316,7 @@ impl RemoteLink {
     fn open_namespaced(
         net: &Namespaces,
         image: &SourceImage,
-        transport: TransportKind,
+        wire: Wire,
         rtt: Duration,
         runtime: &Handle,
     ) -> Result<Self, String> {
@@ -220,7 +326,7 @@ impl RemoteLink {
         let exe =
             std::env::current_exe().map_err(|e| format!("finding the harness binary: {e}"))?;
         let mut command = net.src.command(exe);
-        command.args(["role", "remote-backend", "--transport", transport.name()]);
+        command.args(["role", "remote-backend", "--transport", wire.name()]);
         command.arg("--listen");
         command.arg(format!("{}:0", topo.src_addr()));
         command.args(["--size", &image.bytes().len().to_string()]);
@@ -246,26 +352,33 @@ impl RemoteLink {
         let addr: SocketAddr = addr
             .parse()
             .map_err(|e| format!("the remote backend role's address {addr:?}: {e}"))?;
-        // Spawned, not polled here: the runtime's threads are in `dst`, so
-        // the sockets they open are too.
-        let client = runtime
-            .block_on(runtime.spawn(async move { transport.connect(addr, &link_config()).await }))
-            .map_err(|e| format!("connecting from dst: {e}"))?
-            .map_err(|e| format!("connecting from dst to the remote backend: {e}"))?;
-        Ok(Self::with_client(
-            client,
-            Server::Role {
-                role: Box::new(role),
-                link: Box::new(link),
-            },
-            rtt,
-        ))
+        let server = Server::Role {
+            role: Box::new(role),
+            link: Box::new(link),
+        };
+        Self::connect(server, addr, wire, rtt, runtime)
     }
 
-    /// The destination's view of the source; every call is bounded by
-    /// [`call_timeout`].
-    pub fn client(&self) -> SharedBackend {
-        self.guarded.clone()
+    /// The destination's view of the source over an RPC wire; every call
+    /// is bounded by [`call_timeout`].
+    pub fn client(&self) -> Result<SharedBackend, String> {
+        self.guarded
+            .clone()
+            .ok_or_else(|| format!("the {} wire has no RPC client: dial it", self.wire))
+    }
+
+    /// Opens a new TCP connection to the server, from the destination's
+    /// side (a runtime task, so across namespaces it starts in `dst`).
+    pub fn dial(&self) -> Result<tokio::net::TcpStream, String> {
+        let addr = self.dial;
+        self.runtime
+            .block_on(self.runtime.spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            }))
+            .map_err(|e| format!("dialing the source at {addr}: {e}"))?
+            .map_err(|e| format!("dialing the source at {addr}: {e}"))
     }
 
     /// Bytes that crossed the link so far, both directions: whole frames
@@ -277,10 +390,16 @@ impl RemoteLink {
             Server::Task {
                 proxy: Some(proxy), ..
             } => Ok(proxy.transferred_bytes()),
-            Server::Task { proxy: None, .. } => {
-                let s = self.client.stats();
-                Ok(s.bytes_sent + s.bytes_received)
-            }
+            Server::Task { proxy: None, .. } => match &self.client {
+                Some(client) => {
+                    let s = client.stats();
+                    Ok(s.bytes_sent + s.bytes_received)
+                }
+                None => Err(format!(
+                    "bytes over an undelayed in-process {} link are not counted",
+                    self.wire
+                )),
+            },
         }
     }
 
@@ -385,8 +504,9 @@ mod tests {
             ]
         });
         for (kind, mode, rtt) in cases {
-            let link = RemoteLink::open(&image, kind, mode, None, rtt, rt.handle()).unwrap();
-            let client = link.client();
+            let link =
+                RemoteLink::open(&image, Wire::Rpc(kind), mode, None, rtt, rt.handle()).unwrap();
+            let client = link.client().unwrap();
             let mut got = vec![0u8; bytes.len()];
             let start = std::time::Instant::now();
             rt.block_on(client.read_exact_at(&mut got, 0)).unwrap();
@@ -400,5 +520,42 @@ mod tests {
             let requests = rt.block_on(link.close()).unwrap();
             assert!(requests >= 1, "{kind} {mode:?}: {requests} requests");
         }
+    }
+
+    #[test]
+    fn the_nbd_wire_serves_the_source_to_a_dialed_nbd_client() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let image = SourceImage::new(256 * 1024, 4);
+        let rtt = Duration::from_millis(2);
+        let link =
+            RemoteLink::open(&image, Wire::Nbd, Emulation::Inproc, None, rtt, rt.handle()).unwrap();
+        assert!(link.client().unwrap_err().contains("dial"));
+        let stream = link.dial().unwrap();
+        let got = rt.block_on(async {
+            let client = nbd::NbdClient::connect(stream, NBD_EXPORT).await.unwrap();
+            let mut got = vec![0u8; image.bytes().len()];
+            client.read_exact_at(&mut got, 0).await.unwrap();
+            client.disconnect().await.unwrap();
+            got
+        });
+        assert_eq!(got, &image.bytes()[..]);
+        assert!(link.transferred_bytes().unwrap() > got.len() as u64);
+        assert!(rt.block_on(link.close()).unwrap() >= 1);
+    }
+
+    #[test]
+    fn wire_names_round_trip_and_unknown_ones_list_the_allowed() {
+        for wire in TransportKind::ALL
+            .map(Wire::Rpc)
+            .into_iter()
+            .chain([Wire::Nbd])
+        {
+            assert_eq!(wire.name().parse::<Wire>().unwrap(), wire);
+        }
+        let e = "smoke".parse::<Wire>().unwrap_err();
+        assert!(
+            e.contains("smoke") && e.contains("nbd") && e.contains("grpc"),
+            "{e}"
+        );
     }
 }

@@ -262,7 +262,8 @@ fn run_cell(
         cell_id: cell_id.to_owned(),
         scenario: scenario.name.clone(),
         implementation: imp.name.to_owned(),
-        transport: spec.rtt_ms.map(|_| "frpc".to_owned()),
+        transport: spec.wire().map(|w| w.name().to_owned()),
+        device: None,
         emulation: if spec.rtt_ms.is_some() {
             emulation.name()
         } else {
@@ -374,8 +375,9 @@ fn fill_measured(
         cpu_s: Some(cpu_s),
         total_ms: Some((m.setup + w.elapsed).as_secs_f64() * 1e3),
         integrity: Some(m.integrity),
-        other: BTreeMap::new(),
+        other: m.other.clone(),
     };
+    record.device = m.device.map(str::to_owned);
     record
         .histograms
         .insert("fault_latency_ns".into(), m.fault_latency.to_record("ns"));

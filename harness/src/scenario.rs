@@ -56,6 +56,18 @@ const BUILT_IN: &[(&str, &str)] = &[
         "transport-sweep",
         include_str!("../../scenarios/transport-sweep.toml"),
     ),
+    (
+        "worker-sweep",
+        include_str!("../../scenarios/worker-sweep.toml"),
+    ),
+    (
+        "chunk-sweep",
+        include_str!("../../scenarios/chunk-sweep.toml"),
+    ),
+    (
+        "pull-heuristic",
+        include_str!("../../scenarios/pull-heuristic.toml"),
+    ),
 ];
 
 /// The most pull workers a cell may ask for: the thesis's sweep went to
@@ -331,6 +343,15 @@ impl CellSpec {
             );
         }
         p
+    }
+
+    /// What carries the cell's remote calls, if anything does.
+    pub fn wire(&self) -> Option<crate::remote::Wire> {
+        if self.implementation.axes.contains(&Axis::Transport) {
+            Some(crate::remote::Wire::Rpc(self.transport))
+        } else {
+            self.implementation.wire
+        }
     }
 
     /// `scenario/implementation/key=value,...`: unique, filename-safe.

@@ -558,6 +558,7 @@ mod tests {
             scenario: "rtt-sweep".into(),
             implementation: imp.into(),
             transport: None,
+            device: None,
             emulation: if params.contains_key("rtt_ms") {
                 "inproc"
             } else {

@@ -156,6 +156,10 @@ pub struct CellRecord {
     pub implementation: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// How the destination saw the region, where that varies by host:
+    /// `kernel-nbd` or `fuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub emulation: String,
     /// Every axis value of the cell, by axis name.
     pub params: BTreeMap<String, serde_json::Value>,

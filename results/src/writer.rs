@@ -195,6 +195,7 @@ pub(crate) mod tests {
             scenario: "s".into(),
             implementation: "uffd".into(),
             transport: Some("frpc".into()),
+            device: None,
             emulation: "inproc".into(),
             params: BTreeMap::from([("rtt_ms".into(), serde_json::json!(1))]),
             repetition: rep,

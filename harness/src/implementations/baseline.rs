@@ -14,6 +14,7 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     summary: "local anonymous memory holding the source bytes; no network, no faults to serve",
     axes: &[Axis::Placement],
     needs: &[],
+    wire: None,
     run,
 };
 
@@ -57,5 +58,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
         transferred_bytes: Some(0),
         handler_cpus: Default::default(),
         emulator_error: None,
+        device: None,
+        other: Default::default(),
     }))
 }

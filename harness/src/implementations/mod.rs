@@ -5,6 +5,7 @@
 //! capabilities it needs, and the function that runs one cell of it.
 
 mod baseline;
+mod mounts;
 mod uffd_pull;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,8 @@ pub struct Descriptor {
     /// Capabilities (as `harness doctor` names them) without which a cell
     /// is skipped.
     pub needs: &'static [&'static str],
+    /// The wire to the source when it is fixed (not the transport axis).
+    pub wire: Option<crate::remote::Wire>,
     pub run: fn(&CellContext) -> CellOutcome,
 }
 
@@ -56,7 +59,13 @@ impl PartialEq for Descriptor {
 }
 
 /// Every implementation, in the order `harness list` shows them.
-pub static ALL: &[Descriptor] = &[baseline::DESCRIPTOR, uffd_pull::DESCRIPTOR];
+pub static ALL: &[Descriptor] = &[
+    baseline::DESCRIPTOR,
+    uffd_pull::DESCRIPTOR,
+    mounts::NBD_DIRECT,
+    mounts::MOUNT_DIRECT,
+    mounts::MOUNT_MANAGED,
+];
 
 /// The implementation named `name`.
 pub fn find(name: &str) -> Option<&'static Descriptor> {
@@ -108,6 +117,10 @@ pub struct Measured {
     pub handler_cpus: BTreeMap<String, u64>,
     /// How late the emulator delivered, when one was in the path.
     pub emulator_error: Option<LatencyHistogram>,
+    /// The device the region was seen through, where that varies by host.
+    pub device: Option<&'static str>,
+    /// Metrics only some implementations have (`prepulled_mib`, ...).
+    pub other: BTreeMap<String, f64>,
 }
 
 /// How a cell ended.
@@ -116,6 +129,29 @@ pub enum CellOutcome {
     Measured(Box<Measured>),
     Skipped(String),
     Failed(String),
+}
+
+/// What delayed the bytes, as the cell can know it: the relay's departure
+/// error where packets are relayed, the in-process timer's wake error where
+/// that timer delays; the kernel's netem reports no such thing.
+pub fn emulator_error(
+    emulation: Emulation,
+    rtt: Duration,
+    relay: Option<hdrhistogram::Histogram<u64>>,
+) -> Option<LatencyHistogram> {
+    match (emulation, relay) {
+        (_, Some(relay)) => {
+            let mut h = LatencyHistogram::new();
+            h.merge(&relay);
+            Some(h)
+        }
+        (Emulation::Inproc | Emulation::PerCall, None) if !rtt.is_zero() => {
+            let mut h = LatencyHistogram::new();
+            h.merge(&netem::timer::lateness_snapshot());
+            Some(h)
+        }
+        _ => None,
+    }
 }
 
 /// Checks what the application read against the source: a full SHA-256

@@ -9,10 +9,9 @@ use backends::BlockingBackend;
 use results::LatencyHistogram;
 use uffd::{UffdConfig, UffdError, UffdRegion};
 
-use super::{verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
-use crate::emulation::Emulation;
+use super::{emulator_error, verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
 use crate::placement::{handler_cpu, run_workload_placed};
-use crate::remote::RemoteLink;
+use crate::remote::{RemoteLink, Wire};
 use crate::workload::run_reads;
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
@@ -22,6 +21,7 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     // Not listed as a hard need: the region itself tries every way to get a
     // userfaultfd and reports the kernel's reason when none works.
     needs: &[],
+    wire: None,
     run,
 };
 
@@ -35,7 +35,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
     // before the destination opens, as it would on a real source host.
     let link = match RemoteLink::open(
         &ctx.source,
-        spec.transport,
+        Wire::Rpc(spec.transport),
         ctx.emulation,
         ctx.network,
         rtt,
@@ -47,7 +47,10 @@ fn run(ctx: &CellContext) -> CellOutcome {
     // Setup: learn the region's size from the remote (one round trip, as a
     // real destination must), map and register the region.
     let setup_start = Instant::now();
-    let remote = link.client();
+    let remote = match link.client() {
+        Ok(remote) => remote,
+        Err(e) => return CellOutcome::Failed(e),
+    };
     let size = match ctx.runtime.block_on(remote.size()) {
         Ok(s) => s,
         Err(e) => return CellOutcome::Failed(format!("asking the remote for its size: {e}")),
@@ -110,22 +113,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
         .iter()
         .map(|(cpu, n)| (cpu.to_string(), *n))
         .collect();
-    // What delayed the bytes: the relay's departure error where packets
-    // are relayed, the in-process timer's wake error where that timer
-    // delays; the kernel's netem reports no such thing.
-    let emulator_error = match (ctx.emulation, relay_error) {
-        (_, Some(relay)) => {
-            let mut h = LatencyHistogram::new();
-            h.merge(&relay);
-            Some(h)
-        }
-        (Emulation::Inproc | Emulation::PerCall, None) if !rtt.is_zero() => {
-            let mut h = LatencyHistogram::new();
-            h.merge(&netem::timer::lateness_snapshot());
-            Some(h)
-        }
-        _ => None,
-    };
+    let emulator_error = emulator_error(ctx.emulation, rtt, relay_error);
     CellOutcome::Measured(Box::new(Measured {
         setup,
         workload,
@@ -136,5 +124,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
         transferred_bytes: transferred,
         handler_cpus,
         emulator_error,
+        device: None,
+        other: BTreeMap::new(),
     }))
 }

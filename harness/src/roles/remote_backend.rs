@@ -1,6 +1,6 @@
 //! `harness role remote-backend`: serves the source region's backend
-//! service over any transport (`jsonl`, `grpc`, `frpc`, `tarpc`, `raw`) on
-//! a TCP listener until told to stop. Region cells across namespaces and the
+//! service over any transport (`jsonl`, `grpc`, `frpc`, `tarpc`, `raw`), or
+//! as an NBD export (`nbd`), on a TCP listener until told to stop. Region cells across namespaces and the
 //! `transport-sweep` scenario run one per cell in the `src` namespace.
 //!
 //! Its `stopped` event reports what the server carried and the CPU seconds
@@ -13,17 +13,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backends::SharedBackend;
 use tokio_util::sync::CancellationToken;
-use transports::{ServeStats, Services, TransportConfig, TransportKind};
+use transports::TransportConfig;
 
-use super::protocol::{emit, run_reporting, wait_for_stop, RoleEvent, ServeCounters};
+use super::protocol::{emit, run_reporting, wait_for_stop, RoleEvent};
+use crate::remote::{serve_wire, Wire};
 use crate::source::SourceImage;
 
 /// The role's arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteBackendArgs {
-    /// The wire: jsonl, grpc, frpc, tarpc or raw.
+    /// The wire: jsonl, grpc, frpc, tarpc, raw, or nbd (one export named
+    /// `region`).
     #[arg(long, default_value = "frpc")]
-    pub transport: TransportKind,
+    pub transport: Wire,
     /// Address to listen on (port 0 picks one; the role reports it).
     #[arg(long)]
     pub listen: SocketAddr,
@@ -36,16 +38,6 @@ pub struct RemoteBackendArgs {
     /// Calls one connection handles at once before it pushes back.
     #[arg(long, default_value_t = transports::server::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
-}
-
-/// What a server carried, in the protocol's form.
-fn counters(s: ServeStats) -> ServeCounters {
-    ServeCounters {
-        requests: s.requests,
-        bytes_received: s.bytes_received,
-        bytes_sent: s.bytes_sent,
-        peak_in_flight: s.peak_in_flight,
-    }
 }
 
 /// The transport settings both sides of a sweep cell use.
@@ -80,9 +72,10 @@ fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let shutdown = CancellationToken::new();
     let config = transport_config(args.max_in_flight, 1);
-    let server = runtime.spawn(args.transport.serve(
+    let server = runtime.spawn(serve_wire(
+        args.transport,
         listener,
-        Services::backend(backend),
+        backend,
         config,
         shutdown.clone(),
     ));
@@ -99,9 +92,10 @@ fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
     let stats = runtime
         .block_on(server)
         .context("the server task failed")?
+        .map_err(anyhow::Error::msg)
         .with_context(|| format!("serving {}", args.transport))?;
     emit(&RoleEvent::Stopped {
-        serve: counters(stats),
+        serve: stats,
         cpu_s: crate::host::process_cpu_seconds() - cpu_at_ready,
     })?;
     Ok(())

@@ -187,6 +187,7 @@ fn new_record(
         scenario: scenario.name.clone(),
         implementation: IMPLEMENTATION.to_owned(),
         transport: Some(kind.name().to_owned()),
+        device: None,
         emulation: emulation.name().to_owned(),
         params,
         repetition,
