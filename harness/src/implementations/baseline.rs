@@ -6,8 +6,7 @@ use std::time::Instant;
 use memmap2::MmapMut;
 use results::LatencyHistogram;
 
-use super::{verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
-use crate::workload::run_reads;
+use super::{read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured, ReadOutcome};
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "baseline",
@@ -31,22 +30,14 @@ fn run(ctx: &CellContext) -> CellOutcome {
     region.copy_from_slice(&ctx.source.bytes());
     let setup = setup_start.elapsed();
 
-    let workload = crate::placement::run_workload_placed(spec.placement, || {
-        run_reads(&region, ctx.order, spec.access_bytes as usize, ctx.deadline)
-    });
-    let workload = match workload {
-        Ok(w) => w,
+    let ReadOutcome {
+        workload,
+        integrity,
+        integrity_scope,
+    } = match read_and_verify(ctx, &region) {
+        Ok(r) => r,
         Err(e) => return CellOutcome::Failed(e),
     };
-    let whole = spec.workload.covers_region() && !workload.truncated;
-    let (integrity, integrity_scope) = verify(
-        &region,
-        &ctx.source,
-        ctx.order,
-        workload.accesses,
-        spec.access_bytes as usize,
-        whole,
-    );
     CellOutcome::Measured(Box::new(Measured {
         setup,
         workload,

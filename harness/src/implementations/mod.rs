@@ -154,6 +154,39 @@ pub fn emulator_error(
     }
 }
 
+/// What the workload did on a region and whether it read the source's
+/// bytes.
+#[derive(Debug)]
+pub struct ReadOutcome {
+    pub workload: WorkloadOutcome,
+    pub integrity: bool,
+    pub integrity_scope: IntegrityScope,
+}
+
+/// Runs the cell's workload on `region`, its threads placed as the cell
+/// says, and checks what it read against the source.
+pub fn read_and_verify(ctx: &CellContext, region: &[u8]) -> Result<ReadOutcome, String> {
+    let spec = ctx.spec;
+    let access = spec.access_bytes as usize;
+    let workload = crate::placement::run_workload_placed(spec.placement, || {
+        crate::workload::run_reads(region, ctx.order, access, ctx.deadline)
+    })?;
+    let whole = spec.workload.covers_region() && !workload.truncated;
+    let (integrity, integrity_scope) = verify(
+        region,
+        &ctx.source,
+        ctx.order,
+        workload.accesses,
+        access,
+        whole,
+    );
+    Ok(ReadOutcome {
+        workload,
+        integrity,
+        integrity_scope,
+    })
+}
+
 /// Checks what the application read against the source: a full SHA-256
 /// comparison when the whole region was read, byte comparison of the
 /// accessed ranges otherwise.

@@ -16,11 +16,12 @@ use chunks::PullHeuristic;
 use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegion};
 use results::LatencyHistogram;
 
-use super::{emulator_error, verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
-use crate::placement::run_workload_placed;
+use super::{
+    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured,
+    ReadOutcome,
+};
 use crate::remote::{RemoteLink, Wire, NBD_EXPORT};
 use crate::scenario::PullHeuristic as PullOrder;
-use crate::workload::run_reads;
 
 pub const NBD_DIRECT: Descriptor = Descriptor {
     name: "nbd-direct",
@@ -202,22 +203,14 @@ fn run_mounted(
             local as f64 / f64::from(1 << 20),
         );
     }
-    let access = spec.access_bytes as usize;
-    let workload = match run_workload_placed(spec.placement, || {
-        run_reads(map.as_slice(), ctx.order, access, ctx.deadline)
-    }) {
-        Ok(w) => w,
+    let ReadOutcome {
+        workload,
+        integrity,
+        integrity_scope,
+    } = match read_and_verify(ctx, map.as_slice()) {
+        Ok(r) => r,
         Err(e) => return CellOutcome::Failed(e),
     };
-    let whole = spec.workload.covers_region() && !workload.truncated;
-    let (integrity, integrity_scope) = verify(
-        map.as_slice(),
-        &ctx.source,
-        ctx.order,
-        workload.accesses,
-        access,
-        whole,
-    );
     drop(map);
     if let Opened::Managed(m) = &mounted {
         record_pull(m, spec, rtt, ctx.deadline, &mut other);

@@ -9,10 +9,12 @@ use backends::BlockingBackend;
 use results::LatencyHistogram;
 use uffd::{UffdConfig, UffdError, UffdRegion};
 
-use super::{emulator_error, verify, Axis, CellContext, CellOutcome, Descriptor, Measured};
-use crate::placement::{handler_cpu, run_workload_placed};
+use super::{
+    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured,
+    ReadOutcome,
+};
+use crate::placement::handler_cpu;
 use crate::remote::{RemoteLink, Wire};
-use crate::workload::run_reads;
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "uffd",
@@ -75,22 +77,14 @@ fn run(ctx: &CellContext) -> CellOutcome {
     };
     let setup = setup_start.elapsed();
 
-    let access = spec.access_bytes as usize;
-    let workload = match run_workload_placed(spec.placement, || {
-        run_reads(region.as_slice(), ctx.order, access, ctx.deadline)
-    }) {
-        Ok(w) => w,
+    let ReadOutcome {
+        workload,
+        integrity,
+        integrity_scope,
+    } = match read_and_verify(ctx, region.as_slice()) {
+        Ok(r) => r,
         Err(e) => return CellOutcome::Failed(e),
     };
-    let whole = spec.workload.covers_region() && !workload.truncated;
-    let (integrity, integrity_scope) = verify(
-        region.as_slice(),
-        &ctx.source,
-        ctx.order,
-        workload.accesses,
-        access,
-        whole,
-    );
     let handler_error = region.error();
     let stats = region.stats();
     drop(region);
