@@ -19,6 +19,7 @@ mod host;
 mod implementations;
 mod interrupt;
 mod link_calibration;
+mod nbd_cli;
 mod network;
 mod placement;
 mod remote;
@@ -98,6 +99,9 @@ enum Command {
     /// and FUSE mount named with the project's prefix (`msb-`), and nothing
     /// else.
     Cleanup,
+    /// Serve backends over NBD, or describe an NBD server's exports.
+    #[command(subcommand)]
+    Nbd(nbd_cli::NbdCommand),
     /// Show what this host offers (root, userfaultfd, FUSE, namespaces, netem, NBD...).
     Doctor {
         /// Print JSON instead of a table.
@@ -386,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { run_dir, open } => report::run(&run_dir, open),
+        Command::Nbd(command) => nbd_cli::run(command),
         Command::Doctor { json } => {
             let caps = doctor::probe_all();
             if json {
