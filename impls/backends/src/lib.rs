@@ -28,6 +28,9 @@
 //! - [`directory`]: one file per chunk, created on first write.
 //! - [`blocking`]: the one bridge from blocking kernel-facing threads to async backends.
 //! - [`conformance`]: the shared test suite.
+//! - `testing` (feature `testing`, off by default): `testing::Probe`, a
+//!   wrapper backend that counts, gauges, delays, gates and fails calls for
+//!   other crates' tests.
 
 pub mod blocking;
 pub mod conformance;
@@ -35,6 +38,8 @@ pub mod directory;
 pub mod file;
 pub mod memory;
 mod positional;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::sync::Arc;
 

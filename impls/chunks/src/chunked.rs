@@ -99,11 +99,13 @@ impl Backend for ChunkedReadWriterAt {
 mod tests {
     use std::sync::Arc;
 
+    use backends::conformance::pattern;
+    use backends::testing::Probe;
+
     use super::*;
-    use crate::testutil::{pattern, Probe};
 
     async fn stage(size: usize) -> (ChunkedReadWriterAt, Arc<Probe>) {
-        let probe = Arc::new(Probe::memory(pattern(size, 5)));
+        let probe = Arc::new(Probe::memory(pattern(5, 0, size)));
         let stage = ChunkedReadWriterAt::new(probe.clone(), 32).await.unwrap();
         (stage, probe)
     }
@@ -113,13 +115,13 @@ mod tests {
         let (stage, probe) = stage(100).await;
         let mut buf = [0u8; 32];
         assert_eq!(stage.read_at(&mut buf, 32).await.unwrap(), 32);
-        assert_eq!(&buf[..], &pattern(100, 5)[32..64]);
+        assert_eq!(&buf[..], &pattern(5, 0, 100)[32..64]);
         stage.write_at(&[7; 32], 64).await.unwrap();
         // The last chunk is 4 bytes long and passes at that length.
         let mut last = [0u8; 4];
         assert_eq!(stage.read_at(&mut last, 96).await.unwrap(), 4);
         stage.write_at(&[8; 4], 96).await.unwrap();
-        let contents = probe.contents().await;
+        let contents = probe.contents().await.unwrap();
         assert_eq!(&contents[64..96], &[7; 32][..]);
         assert_eq!(&contents[96..], &[8; 4][..]);
     }

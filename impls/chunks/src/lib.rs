@@ -98,8 +98,6 @@ pub mod tracking;
 mod chunkset;
 #[cfg(test)]
 mod pipeline_tests;
-#[cfg(test)]
-mod testutil;
 
 use std::ops::Range;
 

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use backends::conformance::pattern;
+use backends::testing::Probe;
 use backends::{Backend, MemoryBackend};
 
-use crate::testutil::{pattern, Probe};
 use crate::{
     ArbitraryReadWriterAt, PullHeuristic, Puller, Pushable, Pusher, PusherOptions,
     SyncedReadWriterAt,
@@ -22,7 +23,7 @@ struct Pipeline {
 }
 
 async fn pipeline() -> Pipeline {
-    let remote = Arc::new(Probe::memory(pattern(SIZE as usize, 17)));
+    let remote = Arc::new(Probe::memory(pattern(17, 0, SIZE as usize)));
     let local = Arc::new(MemoryBackend::new(SIZE));
     let options = PusherOptions {
         pushable: Pushable::Marked,
@@ -53,7 +54,7 @@ async fn pipeline() -> Pipeline {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulled_chunks_are_not_pushed_back_and_writes_are() {
     let p = pipeline().await;
-    let original = p.remote.contents().await;
+    let original = p.remote.contents().await.unwrap();
     let chunks = SIZE.div_ceil(CHUNK);
 
     let puller = Puller::start(p.synced.clone(), CHUNK, SIZE, 4, PullHeuristic::Linear).unwrap();
@@ -68,7 +69,7 @@ async fn pulled_chunks_are_not_pushed_back_and_writes_are() {
     p.mount.sync().await.unwrap();
     let mut expected = original;
     expected[140..290].fill(0xAA);
-    assert_eq!(p.remote.contents().await, expected);
+    assert_eq!(p.remote.contents().await.unwrap(), expected);
     let mut pushed = p.remote.write_order();
     pushed.sort_unstable();
     assert_eq!(pushed, vec![128, 192, 256]);
@@ -86,7 +87,7 @@ async fn pulled_chunks_are_not_pushed_back_and_writes_are() {
 #[tokio::test]
 async fn writes_before_the_pull_reaches_a_chunk_are_pushed() {
     let p = pipeline().await;
-    let original = p.remote.contents().await;
+    let original = p.remote.contents().await.unwrap();
     // A whole-chunk write to a chunk never pulled: no remote read.
     p.mount.write_at(&[1; 64], 64).await.unwrap();
     // A partial write to a chunk never pulled: pulled first, then patched.
@@ -96,7 +97,7 @@ async fn writes_before_the_pull_reaches_a_chunk_are_pushed() {
     let mut expected = original;
     expected[64..128].fill(1);
     expected[1030..1033].fill(2);
-    assert_eq!(p.remote.contents().await, expected);
+    assert_eq!(p.remote.contents().await.unwrap(), expected);
     assert_eq!(p.remote.read_order(), vec![1024]);
     let mut pushed = p.remote.write_order();
     pushed.sort_unstable();

@@ -423,10 +423,11 @@ impl Drop for Puller {
 mod tests {
     use std::time::Duration;
 
+    use backends::conformance::pattern;
+    use backends::testing::{injected, Probe};
     use backends::{Backend, MemoryBackend};
 
     use super::*;
-    use crate::testutil::{pattern, Probe};
     use crate::SyncedReadWriterAt;
 
     /// Pulls 8 chunks of 16 bytes with one worker; returns the chunk order
@@ -532,7 +533,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pull_through_synced_makes_everything_local() {
-        let data = pattern(1000, 15);
+        let data = pattern(15, 0, 1000);
         let remote = Arc::new(Probe::memory(data.clone()));
         let local = Arc::new(MemoryBackend::new(1000));
         let synced = Arc::new(
@@ -565,9 +566,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_read_stops_the_pull() {
         let probe = Arc::new(Probe::memory(vec![0; 128]));
-        probe
-            .fail_reads
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        probe.fail_reads(injected);
         let puller = Puller::start(probe.clone(), 16, 128, 1, PullHeuristic::Reverse).unwrap();
         match puller.wait().await {
             Err(PullError::Chunk {
@@ -654,7 +653,7 @@ mod tests {
             .wait()
             .await
             .unwrap();
-        let mut accesses = probe.accesses.lock().clone();
+        let mut accesses = probe.accesses();
         accesses.sort_unstable();
         assert_eq!(accesses, vec![(0, 32), (32, 32), (64, 32), (96, 4)]);
         assert_eq!(probe.size().await.unwrap(), 100);

@@ -377,10 +377,11 @@ impl Backend for Pusher {
 
 #[cfg(test)]
 mod tests {
+    use backends::conformance::pattern;
+    use backends::testing::{injected, Probe};
     use backends::MemoryBackend;
 
     use super::*;
-    use crate::testutil::{pattern, Probe};
 
     async fn pusher(
         size: usize,
@@ -413,8 +414,8 @@ mod tests {
         pusher.sync().await.unwrap();
         assert_eq!(remote.writes(), 1);
         assert_eq!(remote.write_order(), vec![64]);
-        assert_eq!(remote.contents().await, local.snapshot());
-        assert_eq!(remote.contents().await[70..80], [5; 10]);
+        assert_eq!(remote.contents().await.unwrap(), local.snapshot());
+        assert_eq!(remote.contents().await.unwrap()[70..80], [5; 10]);
         assert_eq!(pusher.pushed_chunks(), 1);
         // Nothing dirty: the next sync pushes nothing.
         pusher.sync().await.unwrap();
@@ -442,16 +443,16 @@ mod tests {
         pusher.write_at(&[2; 2], 98).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(remote.writes(), 3);
-        let contents = remote.contents().await;
+        let contents = remote.contents().await.unwrap();
         assert_eq!(contents[10..60], [1; 50]);
         assert_eq!(contents[98..], [2; 2]);
         // The short last chunk was pushed at its length.
-        assert!(remote.accesses.lock().contains(&(96, 4)));
+        assert!(remote.accesses().contains(&(96, 4)));
 
         pusher.write_at(&[9; 1], 0).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(remote.writes(), 4);
-        assert_eq!(remote.contents().await[0], 9);
+        assert_eq!(remote.contents().await.unwrap()[0], 9);
     }
 
     #[tokio::test]
@@ -479,7 +480,7 @@ mod tests {
         pusher.sync().await.unwrap();
         assert_eq!(remote.write_order(), vec![0]);
         assert_eq!(
-            remote.contents().await[..32],
+            remote.contents().await.unwrap()[..32],
             [[2; 16], [0; 16]].concat()[..]
         );
         assert!(matches!(
@@ -491,21 +492,17 @@ mod tests {
     #[tokio::test]
     async fn failed_push_keeps_chunk_dirty_until_it_succeeds() {
         let (pusher, _local, remote) = pusher(64, hourly(16), Probe::memory(vec![0; 64])).await;
-        remote
-            .fail_writes
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        remote.fail_writes(injected);
         pusher.write_at(&[4; 20], 10).await.unwrap();
         assert!(matches!(
             pusher.sync().await,
             Err(BackendError::Remote(message)) if message.contains("injected")
         ));
         assert_eq!(pusher.dirty_chunks(), 2);
-        remote
-            .fail_writes
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        remote.heal();
         pusher.sync().await.unwrap();
         assert_eq!(pusher.dirty_chunks(), 0);
-        assert_eq!(remote.contents().await[10..30], [4; 20]);
+        assert_eq!(remote.contents().await.unwrap()[10..30], [4; 20]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -516,10 +513,10 @@ mod tests {
         };
         let remote = Probe::memory(vec![0; 64 * 8]).with_delay(Duration::from_millis(50));
         let (pusher, local, remote) = pusher(64 * 8, options, remote).await;
-        pusher.write_at(&pattern(64 * 8, 16), 0).await.unwrap();
+        pusher.write_at(&pattern(16, 0, 64 * 8), 0).await.unwrap();
         pusher.sync().await.unwrap();
         assert_eq!(remote.writes(), 64);
-        assert_eq!(remote.contents().await, local.snapshot());
+        assert_eq!(remote.contents().await.unwrap(), local.snapshot());
         let max = remote.max_in_flight();
         assert!(
             (8..=16).contains(&max),
@@ -532,7 +529,7 @@ mod tests {
         let (pusher, _local, remote) = pusher(64, hourly(16), Probe::memory(vec![0; 64])).await;
         pusher.write_at(&[6; 16], 48).await.unwrap();
         pusher.close().await.unwrap();
-        assert_eq!(remote.contents().await[48..], [6; 16]);
+        assert_eq!(remote.contents().await.unwrap()[48..], [6; 16]);
         assert!(pusher.task.lock().is_none());
         assert!(matches!(
             pusher.write_at(&[1], 0).await,

@@ -383,10 +383,11 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
+    use backends::conformance::pattern;
+    use backends::testing::{injected, Probe};
     use backends::MemoryBackend;
 
     use super::*;
-    use crate::testutil::{pattern, Probe};
 
     struct Fixture {
         stage: Arc<SyncedReadWriterAt>,
@@ -397,7 +398,7 @@ mod tests {
     }
 
     async fn fixture(size: usize, chunk_size: u64, remote: Probe) -> Fixture {
-        let data = remote.contents().await;
+        let data = remote.contents().await.unwrap();
         assert_eq!(data.len(), size);
         let remote = Arc::new(remote);
         let local = Arc::new(Probe::over(Arc::new(MemoryBackend::new(size as u64))));
@@ -431,12 +432,12 @@ mod tests {
 
     #[tokio::test]
     async fn first_read_pulls_second_read_is_local() {
-        let f = fixture(256, 64, Probe::memory(pattern(256, 6))).await;
+        let f = fixture(256, 64, Probe::memory(pattern(6, 0, 256))).await;
         let mut buf = [0u8; 16];
         f.stage.read_exact_at(&mut buf, 70).await.unwrap();
         assert_eq!(&buf, &f.data[70..86]);
         assert_eq!(f.remote.reads(), 1);
-        assert_eq!(*f.remote.accesses.lock(), vec![(64, 64)]);
+        assert_eq!(f.remote.accesses(), vec![(64, 64)]);
         assert!(f.stage.is_local(1));
         assert!(!f.stage.is_local(0));
         assert_eq!(f.stage.local_chunks(), 1);
@@ -449,7 +450,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hundred_concurrent_readers_pull_once() {
-        let remote = Probe::memory(pattern(256, 7)).with_delay(Duration::from_millis(20));
+        let remote = Probe::memory(pattern(7, 0, 256)).with_delay(Duration::from_millis(20));
         let f = fixture(256, 64, remote).await;
         let readers: Vec<_> = (0..100u64)
             .map(|i| {
@@ -472,7 +473,7 @@ mod tests {
 
     #[tokio::test]
     async fn hook_runs_once_per_chunk() {
-        let f = fixture(100, 32, Probe::memory(pattern(100, 8))).await;
+        let f = fixture(100, 32, Probe::memory(pattern(8, 0, 100))).await;
         for _ in 0..3 {
             let mut all = vec![0u8; 100];
             f.stage.read_exact_at(&mut all, 0).await.unwrap();
@@ -482,12 +483,12 @@ mod tests {
         assert_eq!(f.remote.reads(), 4);
         assert_eq!(f.stage.local_chunks(), 4);
         // The short last chunk was pulled at its real length.
-        assert!(f.remote.accesses.lock().contains(&(96, 4)));
+        assert!(f.remote.accesses().contains(&(96, 4)));
     }
 
     #[tokio::test]
     async fn write_marks_local_without_a_remote_read() {
-        let f = fixture(256, 64, Probe::memory(pattern(256, 9))).await;
+        let f = fixture(256, 64, Probe::memory(pattern(9, 0, 256))).await;
         f.stage.write_at(&[0xAB; 128], 64).await.unwrap();
         assert_eq!(f.remote.reads(), 0);
         assert_eq!(f.remote.writes(), 0);
@@ -504,7 +505,7 @@ mod tests {
 
     #[tokio::test]
     async fn partial_writes_are_unaligned() {
-        let f = fixture(100, 32, Probe::memory(pattern(100, 10))).await;
+        let f = fixture(100, 32, Probe::memory(pattern(10, 0, 100))).await;
         for (offset, len) in [(0u64, 31usize), (1, 32), (32, 40), (96, 3)] {
             let result = f.stage.write_at(&vec![0; len], offset).await;
             assert!(
@@ -519,8 +520,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_pull_reaches_every_waiter_and_leaves_chunk_remote() {
-        let remote = Probe::memory(pattern(128, 11)).with_delay(Duration::from_millis(20));
-        remote.fail_reads.store(true, Ordering::SeqCst);
+        let remote = Probe::memory(pattern(11, 0, 128)).with_delay(Duration::from_millis(20));
+        remote.fail_reads(injected);
         let f = fixture(128, 64, remote).await;
         let readers: Vec<_> = (0..10)
             .map(|_| {
@@ -541,7 +542,7 @@ mod tests {
         assert!(!f.stage.is_local(0));
         assert_eq!(f.hook_counts(), vec![0, 0]);
 
-        f.remote.fail_reads.store(false, Ordering::SeqCst);
+        f.remote.heal();
         let mut buf = [0u8; 4];
         f.stage.read_exact_at(&mut buf, 0).await.unwrap();
         assert_eq!(&buf, &f.data[..4]);
@@ -550,7 +551,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn write_during_pull_is_not_overwritten_by_it() {
-        let remote = Probe::memory(pattern(128, 12)).with_delay(Duration::from_millis(50));
+        let remote = Probe::memory(pattern(12, 0, 128)).with_delay(Duration::from_millis(50));
         let f = fixture(128, 64, remote).await;
         let reader = {
             let stage = f.stage.clone();
@@ -577,7 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn mark_remote_makes_the_next_read_pull_again() {
-        let f = fixture(128, 64, Probe::memory(pattern(128, 13))).await;
+        let f = fixture(128, 64, Probe::memory(pattern(13, 0, 128))).await;
         let mut buf = [0u8; 128];
         f.stage.read_exact_at(&mut buf, 0).await.unwrap();
         assert_eq!(f.stage.local_chunks(), 2);
@@ -598,7 +599,7 @@ mod tests {
 
     #[tokio::test]
     async fn cancelled_pull_lets_the_next_reader_retry() {
-        let remote = Probe::memory(pattern(64, 14)).with_delay(Duration::from_secs(3600));
+        let remote = Probe::memory(pattern(14, 0, 64)).with_delay(Duration::from_secs(3600));
         let f = fixture(64, 64, remote).await;
         let mut buf = [0u8; 8];
         let timed_out =

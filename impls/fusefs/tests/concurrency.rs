@@ -6,11 +6,11 @@ mod common;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{options, pattern, runtime, SlowBackend};
+use backends::testing::Probe;
+use common::{options, pattern, runtime};
 use fusefs::{FuseFile, ReplyMode};
 
 const READERS: usize = 16;
@@ -21,7 +21,7 @@ const SIZE: usize = READERS * RANGE;
 /// reads the backend saw in flight together.
 fn peak_backend_concurrency(mode: ReplyMode, threads: usize) -> u64 {
     let rt = runtime();
-    let backend = Arc::new(SlowBackend::new(pattern(SIZE), Duration::from_millis(20)));
+    let backend = Arc::new(Probe::memory(pattern(SIZE)).with_delay(Duration::from_millis(20)));
     let mut o = options(&rt, "concurrency", backend.clone(), SIZE as u64);
     o.reply_mode = mode;
     o.threads = threads;
@@ -48,7 +48,7 @@ fn peak_backend_concurrency(mode: ReplyMode, threads: usize) -> u64 {
             "range {i} differs"
         );
     }
-    let peak = backend.max_in_flight.load(Ordering::SeqCst);
+    let peak = backend.max_in_flight();
     let stats = file.stats();
     assert!(
         stats.max_in_flight >= peak,

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{options, runtime, within, FailingBackend};
+use common::{failing_backend, options, runtime, within};
 use fusefs::{FuseFile, ReplyMode};
 
 const SIZE: u64 = 1 << 20;
@@ -17,7 +17,7 @@ const LIVENESS: Duration = Duration::from_secs(30);
 
 fn failing_backend_gives_errnos(mode: ReplyMode) {
     let rt = runtime();
-    let mut o = options(&rt, "fail", Arc::new(FailingBackend { size: SIZE }), SIZE);
+    let mut o = options(&rt, "fail", Arc::new(failing_backend(SIZE)), SIZE);
     o.reply_mode = mode;
     let file = FuseFile::mount(o).unwrap();
     let path = file.path().to_path_buf();

@@ -7,11 +7,11 @@ mod common;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use backends::testing::Probe;
 use backends::MemoryBackend;
-use common::{mount_pattern, options, pattern, runtime, SyncCounting};
+use common::{mount_pattern, options, pattern, runtime};
 use fusefs::{FuseFile, MountMethod};
 
 const SIZE: usize = 1 << 20;
@@ -58,10 +58,8 @@ fn pread_at_various_offsets_returns_the_backend_bytes() {
 fn writes_reach_the_backend_and_fsync_syncs_it() {
     require_fuse!();
     let rt = runtime();
-    let backend = Arc::new(SyncCounting {
-        inner: MemoryBackend::from_bytes(pattern(SIZE)),
-        syncs: Default::default(),
-    });
+    let memory = Arc::new(MemoryBackend::from_bytes(pattern(SIZE)));
+    let backend = Arc::new(Probe::over(memory.clone()));
     let file = FuseFile::mount(options(&rt, "write", backend.clone(), SIZE as u64)).unwrap();
     let f = File::options()
         .read(true)
@@ -79,13 +77,13 @@ fn writes_reach_the_backend_and_fsync_syncs_it() {
         f.write_all_at(&data, offset as u64).unwrap();
         expected[offset..offset + len].copy_from_slice(&data);
     }
-    let syncs_before = backend.syncs.load(Ordering::SeqCst);
+    let syncs_before = backend.syncs();
     f.sync_all().unwrap();
     assert!(
-        backend.syncs.load(Ordering::SeqCst) > syncs_before,
+        backend.syncs() > syncs_before,
         "fsync must call the backend's sync"
     );
-    assert_eq!(backend.inner.snapshot(), expected);
+    assert_eq!(memory.snapshot(), expected);
     // Reading back through the file sees the writes too.
     let mut buf = vec![0u8; 200];
     f.read_exact_at(&mut buf, 4000).unwrap();
@@ -93,7 +91,7 @@ fn writes_reach_the_backend_and_fsync_syncs_it() {
 
     // A write crossing the end is short; one at the end has no room.
     assert_eq!(f.write_at(&[1, 2, 3, 4], SIZE as u64 - 2).unwrap(), 2);
-    assert_eq!(backend.inner.snapshot()[SIZE - 2..], [1, 2]);
+    assert_eq!(memory.snapshot()[SIZE - 2..], [1, 2]);
     let err = f.write_at(&[1], SIZE as u64).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
     assert_eq!(
@@ -103,16 +101,13 @@ fn writes_reach_the_backend_and_fsync_syncs_it() {
     );
     drop(f);
     // close() flushes, and flush syncs.
-    let syncs_before = backend.syncs.load(Ordering::SeqCst);
+    let syncs_before = backend.syncs();
     drop(File::options().write(true).open(file.path()).unwrap());
-    assert!(
-        backend.syncs.load(Ordering::SeqCst) > syncs_before,
-        "close must flush"
-    );
-    let syncs_before = backend.syncs.load(Ordering::SeqCst);
+    assert!(backend.syncs() > syncs_before, "close must flush");
+    let syncs_before = backend.syncs();
     drop(File::open(file.path()).unwrap());
     assert_eq!(
-        backend.syncs.load(Ordering::SeqCst),
+        backend.syncs(),
         syncs_before,
         "closing a read-only descriptor has nothing to sync"
     );

@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use backends::{Backend, MemoryBackend, SharedBackend};
+use backends::testing::Probe;
+use backends::{MemoryBackend, SharedBackend};
 use mount::{
     DevicePreference, DirectMount, Hooks, ManagedMount, ManagedOptions, MountError, MountOptions,
 };
@@ -136,34 +135,6 @@ fn managed_mount_prepulls_pulls_everything_and_pushes_writes() {
     assert_unmounted(&dir);
 }
 
-/// Counts concurrent reads and delays each, like a remote across a link.
-#[derive(Debug)]
-struct SlowRemote {
-    inner: MemoryBackend,
-    in_flight: AtomicU64,
-    peak: AtomicU64,
-}
-
-#[async_trait]
-impl Backend for SlowRemote {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.inner.read_at(buf, offset).await
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn managed_pull_keeps_many_chunks_in_flight_and_reads_stay_intact() {
     if !can_mount() {
@@ -171,11 +142,8 @@ fn managed_pull_keeps_many_chunks_in_flight_and_reads_stay_intact() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let remote = Arc::new(SlowRemote {
-        inner: MemoryBackend::from_bytes(pattern()),
-        in_flight: AtomicU64::new(0),
-        peak: AtomicU64::new(0),
-    });
+    // Each read is delayed like a remote across a link.
+    let remote = Arc::new(Probe::memory(pattern()).with_delay(Duration::from_millis(5)));
     let managed = ManagedOptions {
         pull_workers: 16,
         pull_heuristic: chunks::PullHeuristic::Reverse,
@@ -187,7 +155,7 @@ fn managed_pull_keeps_many_chunks_in_flight_and_reads_stay_intact() {
     assert_eq!(bytes, pattern());
     mount.wait_pulled().unwrap();
     assert!(
-        remote.peak.load(Ordering::SeqCst) > 1,
+        remote.max_in_flight() > 1,
         "the puller never had two reads in flight"
     );
     mount.close().unwrap();

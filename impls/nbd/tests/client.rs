@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backends::testing::Probe;
 use backends::{Backend, BackendError, MemoryBackend, SharedBackend};
 use nbd::wire::{
     ClientFlags, Command, Errno, ExportNameReply, Greeting, HandshakeFlags, InfoRequest,
@@ -458,32 +459,13 @@ async fn trim_and_write_zeroes_from_the_client() {
     assert_eq!((stats.write_zeroes, stats.trims), (3, 1));
 }
 
-/// A backend whose reads fail.
-#[derive(Debug)]
-struct FailingReads;
-
-#[async_trait]
-impl Backend for FailingReads {
-    async fn read_at(&self, _buf: &mut [u8], _offset: u64) -> backends::Result<usize> {
-        Err(BackendError::Io(std::io::Error::from_raw_os_error(
-            libc::EIO,
-        )))
-    }
-    async fn write_at(&self, _data: &[u8], _offset: u64) -> backends::Result<()> {
-        Ok(())
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        Ok(1 << 16)
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn server_errors_come_back_as_backend_errors() {
+    // Reads fail; writes land in memory.
+    let failing = Probe::zeros(1 << 16);
+    failing.fail_reads(|| BackendError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
     let (client, serving) = common::connected(
-        vec![Export::new("f", Arc::new(FailingReads) as SharedBackend)],
+        vec![Export::new("f", Arc::new(failing) as SharedBackend)],
         ServerLimits::default(),
         "f",
     )

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use backends::testing::Probe;
 use backends::{Backend, MemoryBackend, SharedBackend};
 use nbd::wire::{
     ClientFlags, Command, CommandFlags, Errno, Greeting, HandshakeFlags, Info, InfoRequest,
@@ -601,36 +600,10 @@ async fn disc_is_answered_only_after_in_flight_requests() {
     }
 }
 
-/// A memory backend counting syncs.
-#[derive(Debug)]
-struct CountingSync {
-    inner: MemoryBackend,
-    syncs: AtomicUsize,
-}
-
-#[async_trait]
-impl Backend for CountingSync {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        self.inner.read_at(buf, offset).await
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn flush_fua_trim_and_write_zeroes_reach_the_backend() {
-    let disk = Arc::new(CountingSync {
-        inner: MemoryBackend::from_bytes(vec![0xff; SIZE]),
-        syncs: AtomicUsize::new(0),
-    });
+    let memory = Arc::new(MemoryBackend::from_bytes(vec![0xff; SIZE]));
+    let disk = Arc::new(Probe::over(memory.clone()));
     let server = Server::new(
         vec![Export::new("d", disk.clone() as SharedBackend)],
         ServerLimits::default(),
@@ -643,19 +616,15 @@ async fn flush_fua_trim_and_write_zeroes_reach_the_backend() {
 
     request(&mut s, Command::Flush.into(), CommandFlags(0), 1, 0, 0).await;
     assert_eq!(simple_reply(&mut s).await.error, Errno(0));
-    assert_eq!(disk.syncs.load(Ordering::SeqCst), 1);
+    assert_eq!(disk.syncs(), 1);
     request(&mut s, Command::Write.into(), CommandFlags::FUA, 2, 0, 4).await;
     s.write_all(b"abcd").await.unwrap();
     assert_eq!(simple_reply(&mut s).await.error, Errno(0));
-    assert_eq!(
-        disk.syncs.load(Ordering::SeqCst),
-        2,
-        "FUA must sync before replying"
-    );
+    assert_eq!(disk.syncs(), 2, "FUA must sync before replying");
     request(&mut s, Command::Write.into(), CommandFlags(0), 3, 4, 4).await;
     s.write_all(b"efgh").await.unwrap();
     assert_eq!(simple_reply(&mut s).await.error, Errno(0));
-    assert_eq!(disk.syncs.load(Ordering::SeqCst), 2, "no FUA, no sync");
+    assert_eq!(disk.syncs(), 2, "no FUA, no sync");
 
     request(&mut s, Command::Trim.into(), CommandFlags(0), 4, 4096, 8192).await;
     assert_eq!(simple_reply(&mut s).await.error, Errno(0));
@@ -672,9 +641,9 @@ async fn flush_fua_trim_and_write_zeroes_reach_the_backend() {
     )
     .await;
     assert_eq!(simple_reply(&mut s).await.error, Errno(0));
-    assert_eq!(disk.syncs.load(Ordering::SeqCst), 3);
+    assert_eq!(disk.syncs(), 3);
 
-    let content = disk.inner.snapshot();
+    let content = memory.snapshot();
     assert_eq!(&content[..8], b"abcdefgh");
     assert!(content[8..4096].iter().all(|&b| b == 0xff));
     assert!(content[4096..12288].iter().all(|&b| b == 0));
@@ -732,46 +701,11 @@ async fn a_silent_client_times_out_in_the_handshake() {
     ));
 }
 
-/// Reads wait until `width` of them are inside the backend at once.
-#[derive(Debug)]
-struct Rendezvous {
-    inner: MemoryBackend,
-    barrier: tokio::sync::Barrier,
-    now: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-#[async_trait]
-impl Backend for Rendezvous {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        self.barrier.wait().await;
-        let r = self.inner.read_at(buf, offset).await;
-        self.now.fetch_sub(1, Ordering::SeqCst);
-        r
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_run_concurrently_up_to_the_in_flight_limit() {
     // With 4 slots, 8 reads meet at a barrier of 4 in two waves; a server
     // that ran them one by one would never get past the first barrier.
-    let disk = Arc::new(Rendezvous {
-        inner: MemoryBackend::from_bytes(common::pattern(3, SIZE)),
-        barrier: tokio::sync::Barrier::new(4),
-        now: AtomicUsize::new(0),
-        peak: AtomicUsize::new(0),
-    });
+    let disk = Arc::new(Probe::memory(common::pattern(3, SIZE)).with_read_barrier(4));
     let limits = ServerLimits {
         max_in_flight: 4,
         ..ServerLimits::default()
@@ -800,11 +734,7 @@ async fn requests_run_concurrently_up_to_the_in_flight_limit() {
             .unwrap();
         assert_eq!(buf, &expected[i * 1000..(i + 1) * 1000]);
     }
-    assert_eq!(
-        disk.peak.load(Ordering::SeqCst),
-        4,
-        "in-flight limit not kept"
-    );
+    assert_eq!(disk.max_in_flight(), 4, "in-flight limit not kept");
     client.disconnect().await.unwrap();
     assert_eq!(finish(serving).await.unwrap().reads, 8);
 }

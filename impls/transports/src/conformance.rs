@@ -29,18 +29,18 @@
 
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Barrier, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use backends::conformance::{pattern, Guarded};
+use backends::testing::Probe;
 use backends::{Backend, BackendError, MemoryBackend, SharedBackend};
 
 use crate::kind::{TransportConfig, TransportError, TransportKind};
@@ -350,48 +350,15 @@ pub async fn unexposed_service_fails_only_that_call(kind: TransportKind) {
     }
 }
 
-/// Holds every read until `parties` reads are inside the backend at once:
-/// a transport that serialised calls anywhere would deadlock here.
-#[derive(Debug)]
-struct Rendezvous {
-    inner: MemoryBackend,
-    barrier: Barrier,
-    inside: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-#[async_trait]
-impl Backend for Rendezvous {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        self.barrier.wait().await;
-        self.inside.fetch_sub(1, Ordering::SeqCst);
-        self.inner.read_at(buf, offset).await
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Ok(())
-    }
-}
-
 /// 1,000 reads at once, issued in reverse order, each must get its own
 /// bytes; all must be inside the server at the same time.
 pub async fn a_thousand_concurrent_calls_get_their_own_replies(kind: TransportKind) {
     const CALLS: usize = 1000;
     const LEN: usize = 64;
     let content = pattern(4, 0, CALLS * LEN);
-    let backend = Arc::new(Rendezvous {
-        inner: MemoryBackend::from_bytes(content.clone()),
-        barrier: Barrier::new(CALLS),
-        inside: AtomicUsize::new(0),
-        peak: AtomicUsize::new(0),
-    });
+    // Every read waits until all CALLS are inside the backend at once: a
+    // transport that serialised calls anywhere would deadlock here.
+    let backend = Arc::new(Probe::memory(content.clone()).with_read_barrier(CALLS));
     let server = TestServer::start(kind, Services::backend(backend.clone()), test_config()).await;
     let client = ok(
         format!("{kind}: connecting"),
@@ -418,7 +385,7 @@ pub async fn a_thousand_concurrent_calls_get_their_own_replies(kind: TransportKi
             "{kind}: read {i} got another call's bytes"
         );
     }
-    assert_eq!(backend.peak.load(Ordering::SeqCst), CALLS, "{kind}: peak");
+    assert_eq!(backend.max_in_flight(), CALLS as u64, "{kind}: peak");
     drop(remote);
     drop(client);
     let served = server.stop().await;

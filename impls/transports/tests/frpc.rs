@@ -3,17 +3,15 @@
 // Test helpers outside #[test] fns are test code too.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use backends::conformance::pattern;
+use backends::testing::Probe;
 use backends::{Backend, BackendError, MemoryBackend, SharedBackend};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
-use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use transports::wire::{Op, Reply, RequestHeader, Status, MAGIC_VERSION};
@@ -119,47 +117,14 @@ async fn backend_errors_travel_back_typed() {
     assert!(!client.is_closed());
 }
 
-/// Holds every read until `parties` reads are inside the backend at once: if
-/// the client or the server serialised calls, the test would deadlock.
-#[derive(Debug)]
-struct Rendezvous {
-    inner: MemoryBackend,
-    barrier: Barrier,
-    inside: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-#[async_trait]
-impl Backend for Rendezvous {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        self.barrier.wait().await;
-        self.inside.fetch_sub(1, Ordering::SeqCst);
-        self.inner.read_at(buf, offset).await
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_reads_each_get_their_own_bytes() {
     const CALLS: usize = 1000;
     const LEN: usize = 64;
     let content = pattern(3, 0, CALLS * LEN);
-    let backend = Arc::new(Rendezvous {
-        inner: MemoryBackend::from_bytes(content.clone()),
-        barrier: Barrier::new(CALLS),
-        inside: AtomicUsize::new(0),
-        peak: AtomicUsize::new(0),
-    });
+    // Every read waits until all CALLS are inside the backend at once: if
+    // the client or the server serialised calls, the test would deadlock.
+    let backend = Arc::new(Probe::memory(content.clone()).with_read_barrier(CALLS));
     let (client, server) = connect(
         backend.clone(),
         ClientConfig::default(),
@@ -185,7 +150,7 @@ async fn a_thousand_concurrent_reads_each_get_their_own_bytes() {
             "read {i} got another's bytes"
         );
     }
-    assert_eq!(backend.peak.load(Ordering::SeqCst), CALLS);
+    assert_eq!(backend.max_in_flight(), CALLS as u64);
 
     drop(Arc::into_inner(client).unwrap());
     let stats = within("server", server).await.unwrap().unwrap();
@@ -489,12 +454,7 @@ async fn a_reply_over_the_client_limit_fails_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_does_not_break_the_connection() {
-    let backend = Arc::new(Rendezvous {
-        inner: MemoryBackend::from_bytes(pattern(7, 0, 4096)),
-        barrier: Barrier::new(2),
-        inside: AtomicUsize::new(0),
-        peak: AtomicUsize::new(0),
-    });
+    let backend = Arc::new(Probe::memory(pattern(7, 0, 4096)).with_read_barrier(2));
     let (client, _server) = connect(
         backend.clone(),
         ClientConfig::default(),

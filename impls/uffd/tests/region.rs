@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::Duration;
 
+use backends::testing::Probe;
 use backends::{BackendError, MemoryBackend};
 use common::*;
 use rand::rngs::StdRng;
@@ -27,7 +28,7 @@ const HANG: Duration = Duration::from_secs(30);
 fn sequential(size: usize, chunk_size: usize) {
     let rt = runtime();
     let bytes = random_bytes(size, chunk_size as u64);
-    let source = Arc::new(CountingBackend::new(bytes.clone(), Duration::ZERO));
+    let source = Arc::new(Probe::memory(bytes.clone()));
     let Some(region) = open_or_skip(UffdConfig::new(size, chunk_size), shared(&source), &rt) else {
         return;
     };
@@ -55,7 +56,7 @@ fn sequential(size: usize, chunk_size: usize) {
     assert!(region.error().is_none());
 
     // Reads are of whole chunks at chunk offsets; the last may be short.
-    let reads = source.reads();
+    let reads = source.reads_by_offset();
     let expected: Vec<u64> = (0..chunks).map(|c| c * chunk_size as u64).collect();
     assert_eq!(reads.keys().copied().collect::<Vec<_>>(), expected);
     assert!(reads.values().all(|&n| n == 1), "{reads:?}");
@@ -82,7 +83,7 @@ fn random_access_order_is_intact() {
     let size = 2 * KIB * KIB;
     let chunk_size = 16 * KIB;
     let bytes = random_bytes(size, 7);
-    let source = Arc::new(CountingBackend::new(bytes.clone(), Duration::ZERO));
+    let source = Arc::new(Probe::memory(bytes.clone()));
     let Some(region) = open_or_skip(UffdConfig::new(size, chunk_size), shared(&source), &rt) else {
         return;
     };
@@ -95,7 +96,7 @@ fn random_access_order_is_intact() {
     }
     assert_same(view, &bytes);
     assert_eq!(region.stats().chunks_installed, (size / chunk_size) as u64);
-    assert!(source.reads().values().all(|&n| n == 1));
+    assert!(source.reads_by_offset().values().all(|&n| n == 1));
 }
 
 /// Two threads read concurrently; each assigned range is checked and every
@@ -106,10 +107,7 @@ fn two_readers(ranges: [std::ops::Range<usize>; 2]) {
     let size = KIB * KIB;
     let chunk_size = 64 * KIB;
     let bytes = Arc::new(random_bytes(size, 3));
-    let source = Arc::new(CountingBackend::new(
-        bytes.to_vec(),
-        Duration::from_millis(2),
-    ));
+    let source = Arc::new(Probe::memory(bytes.to_vec()).with_delay(Duration::from_millis(2)));
     let Some(region) = open_or_skip(UffdConfig::new(size, chunk_size), shared(&source), &rt) else {
         return;
     };
@@ -136,7 +134,7 @@ fn two_readers(ranges: [std::ops::Range<usize>; 2]) {
     let stats = region.stats();
     assert_eq!(stats.chunks_installed, (size / chunk_size) as u64);
     assert_eq!(stats.bytes_fetched, size as u64);
-    let reads = source.reads();
+    let reads = source.reads_by_offset();
     assert_eq!(reads.len(), size / chunk_size);
     assert!(
         reads.values().all(|&n| n == 1),
@@ -163,7 +161,7 @@ fn write_to_missing_page_lands_on_the_fetched_chunk() {
     let size = 256 * KIB;
     let chunk_size = 64 * KIB;
     let bytes = random_bytes(size, 5);
-    let source = Arc::new(CountingBackend::new(bytes.clone(), Duration::ZERO));
+    let source = Arc::new(Probe::memory(bytes.clone()));
     let Some(mut region) = open_or_skip(UffdConfig::new(size, chunk_size), shared(&source), &rt)
     else {
         return;
@@ -250,7 +248,7 @@ fn kernel_mode_faults_follow_the_open_method() {
 fn failing_source_stops_the_handler_without_hanging_readers() {
     let rt = runtime();
     let size = 256 * KIB;
-    let source = Arc::new(FailingBackend::new(size, || {
+    let source = Arc::new(failing_source(size, || {
         BackendError::Remote("injected failure".into())
     }));
     let Some(region) = open_or_skip(UffdConfig::new(size, 64 * KIB), shared(&source), &rt) else {
@@ -281,7 +279,7 @@ fn failing_source_stops_the_handler_without_hanging_readers() {
         }
         other => panic!("expected a fetch error, got {other:?}"),
     }
-    assert_eq!(source.attempts(), FETCH_ATTEMPTS);
+    assert_eq!(source.reads(), u64::from(FETCH_ATTEMPTS));
     assert_eq!(region.stats().fetch_retries, u64::from(FETCH_ATTEMPTS - 1));
     assert_eq!(region.stats().chunks_installed, 0);
     // Other untouched pages no longer block either.
@@ -293,7 +291,7 @@ fn failing_source_stops_the_handler_without_hanging_readers() {
 fn permanent_source_errors_are_not_retried() {
     let rt = runtime();
     let size = 64 * KIB;
-    let source = Arc::new(FailingBackend::new(size, || BackendError::Closed));
+    let source = Arc::new(failing_source(size, || BackendError::Closed));
     let Some(region) = open_or_skip(UffdConfig::new(size, 64 * KIB), shared(&source), &rt) else {
         return;
     };
@@ -307,7 +305,7 @@ fn permanent_source_errors_are_not_retried() {
         region.error(),
         Some(HandlerError::Fetch { attempts: 1, .. })
     ));
-    assert_eq!(source.attempts(), 1);
+    assert_eq!(source.reads(), 1);
 }
 
 #[test]
@@ -316,7 +314,7 @@ fn discarded_pages_are_fetched_again() {
     let size = 256 * KIB;
     let chunk_size = 64 * KIB;
     let bytes = random_bytes(size, 17);
-    let source = Arc::new(CountingBackend::new(bytes.clone(), Duration::ZERO));
+    let source = Arc::new(Probe::memory(bytes.clone()));
     let Some(region) = open_or_skip(UffdConfig::new(size, chunk_size), shared(&source), &rt) else {
         return;
     };
@@ -342,7 +340,7 @@ fn discarded_pages_are_fetched_again() {
         stats.eexist_fallbacks, 1,
         "the rest of the chunk was present"
     );
-    assert_eq!(source.reads()[&(2 * chunk_size as u64)], 2);
+    assert_eq!(source.reads_by_offset()[&(2 * chunk_size as u64)], 2);
 }
 
 #[test]

@@ -4,12 +4,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use backends::{Backend, BackendError, MemoryBackend, SharedBackend};
+use backends::testing::Probe;
+use backends::{BackendError, MemoryBackend, SharedBackend};
 use fusefs::{FuseFile, FuseFileOptions};
 
 /// Why FUSE tests cannot run here, if they cannot.
@@ -87,97 +87,14 @@ pub fn mount_pattern(
     (file, backend)
 }
 
-/// A memory backend whose reads each take `delay`, recording how many were
-/// waiting at once.
-#[derive(Debug)]
-pub struct SlowBackend {
-    pub inner: MemoryBackend,
-    pub delay: Duration,
-    pub in_flight: AtomicU64,
-    pub max_in_flight: AtomicU64,
-    pub reads: AtomicU64,
-}
-
-impl SlowBackend {
-    pub fn new(bytes: Vec<u8>, delay: Duration) -> Self {
-        Self {
-            inner: MemoryBackend::from_bytes(bytes),
-            delay,
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-        }
-    }
-}
-
-#[async_trait]
-impl Backend for SlowBackend {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.delay).await;
-        let result = self.inner.read_at(buf, offset).await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        self.inner.sync().await
-    }
-}
-
-/// A backend whose every operation fails the way a dead remote does.
-#[derive(Debug)]
-pub struct FailingBackend {
-    pub size: u64,
-}
-
-#[async_trait]
-impl Backend for FailingBackend {
-    async fn read_at(&self, _buf: &mut [u8], _offset: u64) -> backends::Result<usize> {
-        Err(BackendError::Remote("connection reset by test".to_string()))
-    }
-    async fn write_at(&self, _data: &[u8], _offset: u64) -> backends::Result<()> {
-        Err(BackendError::Io(std::io::Error::from_raw_os_error(
-            libc::ENOSPC,
-        )))
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        Ok(self.size)
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Err(BackendError::Closed)
-    }
-}
-
-/// A memory backend that counts `sync` calls.
-#[derive(Debug)]
-pub struct SyncCounting {
-    pub inner: MemoryBackend,
-    pub syncs: AtomicU64,
-}
-
-#[async_trait]
-impl Backend for SyncCounting {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        self.inner.read_at(buf, offset).await
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
+/// A backend whose every operation fails the way a dead remote does: reads
+/// with a remote error, writes with `ENOSPC`, syncs as closed.
+pub fn failing_backend(size: u64) -> Probe {
+    let backend = Probe::zeros(size);
+    backend.fail_reads(|| BackendError::Remote("connection reset by test".to_string()));
+    backend.fail_writes(|| BackendError::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)));
+    backend.fail_syncs(|| BackendError::Closed);
+    backend
 }
 
 /// Runs `f` on its own thread and fails the test if it has not finished

@@ -1,14 +1,12 @@
-//! Shared fixtures: runtimes, sources with counters or faults, skip logic.
+//! Shared fixtures: runtimes, failing sources, skip logic. Counting and
+//! delaying sources are `backends::testing::Probe`s.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use backends::{Backend, BackendError, BlockingBackend, MemoryBackend, SharedBackend};
+use backends::testing::{ErrorFn, Probe};
+use backends::{Backend, BlockingBackend, SharedBackend};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use uffd::{UffdConfig, UffdError, UffdRegion};
@@ -52,86 +50,13 @@ pub fn open_or_skip(
     }
 }
 
-/// A memory backend that counts reads per offset and can delay each read.
-#[derive(Debug)]
-pub struct CountingBackend {
-    inner: MemoryBackend,
-    delay: Duration,
-    reads: Mutex<BTreeMap<u64, usize>>,
-}
-
-impl CountingBackend {
-    pub fn new(bytes: Vec<u8>, delay: Duration) -> Self {
-        Self {
-            inner: MemoryBackend::from_bytes(bytes),
-            delay,
-            reads: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Reads seen, by offset.
-    pub fn reads(&self) -> BTreeMap<u64, usize> {
-        self.reads.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl Backend for CountingBackend {
-    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
-        *self.reads.lock().unwrap().entry(offset).or_default() += 1;
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        self.inner.read_at(buf, offset).await
-    }
-    async fn write_at(&self, data: &[u8], offset: u64) -> backends::Result<()> {
-        self.inner.write_at(data, offset).await
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        self.inner.size().await
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Ok(())
-    }
-}
-
-/// A source of `size` bytes whose every read fails with `error()`.
-#[derive(Debug)]
-pub struct FailingBackend {
-    size: u64,
-    error: fn() -> BackendError,
-    attempts: AtomicU32,
-}
-
-impl FailingBackend {
-    pub fn new(size: usize, error: fn() -> BackendError) -> Self {
-        Self {
-            size: size as u64,
-            error,
-            attempts: AtomicU32::new(0),
-        }
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempts.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Backend for FailingBackend {
-    async fn read_at(&self, _buf: &mut [u8], _offset: u64) -> backends::Result<usize> {
-        self.attempts.fetch_add(1, Ordering::SeqCst);
-        Err((self.error)())
-    }
-    async fn write_at(&self, _data: &[u8], _offset: u64) -> backends::Result<()> {
-        Err((self.error)())
-    }
-    async fn size(&self) -> backends::Result<u64> {
-        Ok(self.size)
-    }
-    async fn sync(&self) -> backends::Result<()> {
-        Ok(())
-    }
+/// A source of `size` zero bytes whose every read and write fails with
+/// `error()`; `reads()` counts the attempts.
+pub fn failing_source(size: usize, error: ErrorFn) -> Probe {
+    let source = Probe::zeros(size as u64);
+    source.fail_reads(error);
+    source.fail_writes(error);
+    source
 }
 
 /// Asserts `region` equals `expected`, reporting the first differing offset
