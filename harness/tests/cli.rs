@@ -11,7 +11,8 @@ use serde_json::Value;
 
 mod common;
 use common::{
-    cells, harness, is_root, project_namespaces, run, run_dir, run_failing, write_scenario,
+    cells, harness, is_root, namespaces_since, project_namespaces, run, run_dir, run_failing,
+    write_scenario,
 };
 
 const TINY: &str = r#"
@@ -366,6 +367,7 @@ fn userspace_link_runs_across_namespaces_and_cleans_up() {
         return;
     }
     let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let namespaces_before = project_namespaces();
     let tmp = tempfile::tempdir().unwrap();
     let text = TINY
         .replace(
@@ -416,11 +418,8 @@ fn userspace_link_runs_across_namespaces_and_cleans_up() {
         let rtt_ns = c["params"]["rtt_ms"].as_f64().unwrap() * 1e6;
         assert!(faults["min"].as_f64().unwrap() >= rtt_ns, "{c}");
     }
-    assert!(
-        project_namespaces().is_empty(),
-        "left behind: {:?}",
-        project_namespaces()
-    );
+    let left = namespaces_since(&namespaces_before);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// The link-calibration scenario measures the link at each point, records
@@ -433,6 +432,7 @@ fn link_calibration_scenario_measures_each_point_and_cleans_up() {
         return;
     }
     let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let namespaces_before = project_namespaces();
     let tmp = tempfile::tempdir().unwrap();
     let scenario = write_scenario(
         tmp.path(),
@@ -493,11 +493,8 @@ fn link_calibration_scenario_measures_each_point_and_cleans_up() {
         serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     let measured = manifest["emulation"]["calibration"].as_array().unwrap();
     assert_eq!(measured.len(), if netem_here { 4 } else { 2 });
-    assert!(
-        project_namespaces().is_empty(),
-        "left behind: {:?}",
-        project_namespaces()
-    );
+    let left = namespaces_since(&namespaces_before);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// `scenario thesis` runs every built-in scenario into one set directory
@@ -505,6 +502,7 @@ fn link_calibration_scenario_measures_each_point_and_cleans_up() {
 #[test]
 fn thesis_runs_every_built_in_scenario_and_links_their_reports() {
     let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let namespaces_before = project_namespaces();
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("runs");
     let out = run(harness()
@@ -539,11 +537,8 @@ fn thesis_runs_every_built_in_scenario_and_links_their_reports() {
             "{dir} not linked"
         );
     }
-    assert!(
-        project_namespaces().is_empty(),
-        "left behind: {:?}",
-        project_namespaces()
-    );
+    let left = namespaces_since(&namespaces_before);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
@@ -578,6 +573,7 @@ fn cleanup_removes_what_a_killed_run_left() {
         return;
     }
     let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    let namespaces_before = project_namespaces();
     let foreign = format!("other-ns-cli-{}", std::process::id());
     assert!(Command::new("ip")
         .args(["netns", "add", &foreign])
@@ -611,14 +607,14 @@ fn cleanup_removes_what_a_killed_run_left() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while project_namespaces().len() < 3 && std::time::Instant::now() < deadline {
+    while namespaces_since(&namespaces_before).len() < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // Let the cell start faulting across the link, then kill without warning.
     std::thread::sleep(std::time::Duration::from_millis(500));
     child.kill().unwrap();
     child.wait().unwrap();
-    let left = project_namespaces();
+    let left = namespaces_since(&namespaces_before);
     guard.0.extend(left.iter().cloned());
     assert_eq!(
         left.len(),

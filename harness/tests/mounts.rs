@@ -7,7 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{cells, harness, is_root, project_namespaces, run, run_dir, write_scenario};
+use common::{
+    cells, harness, is_root, namespaces_since, project_namespaces, run, run_dir, write_scenario,
+};
 
 const SCENARIO: &str = r#"
 name = "mounts"
@@ -49,6 +51,8 @@ fn nbd_implementations_read_the_region_intact_and_record_their_device() {
     } else {
         "inproc"
     };
+    let namespaces_before = project_namespaces();
+    let mounts_before = project_fuse_mounts();
     let tmp = tempfile::tempdir().unwrap();
     let scenario = write_scenario(tmp.path(), SCENARIO);
     let out_dir = tmp.path().join("runs");
@@ -92,14 +96,11 @@ fn nbd_implementations_read_the_region_intact_and_record_their_device() {
             );
         }
     }
-    assert!(
-        project_fuse_mounts().is_empty(),
-        "left mounted: {:?}",
-        project_fuse_mounts()
-    );
-    assert!(
-        project_namespaces().is_empty(),
-        "left behind: {:?}",
-        project_namespaces()
-    );
+    let mounted: Vec<String> = project_fuse_mounts()
+        .into_iter()
+        .filter(|m| !mounts_before.contains(m))
+        .collect();
+    assert!(mounted.is_empty(), "left mounted: {mounted:?}");
+    let left = namespaces_since(&namespaces_before);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

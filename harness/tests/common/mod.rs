@@ -81,3 +81,13 @@ pub fn project_namespaces() -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// The project's namespaces that exist now and were not in `before`: a
+/// test judges only what it made, not what a killed earlier run on the
+/// same machine may have left.
+pub fn namespaces_since(before: &[String]) -> Vec<String> {
+    project_namespaces()
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect()
+}
