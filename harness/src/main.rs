@@ -12,6 +12,7 @@
 //! - [`report`]: `harness report`, figures and index.html of a run.
 //! - [`roles`]: parts of a cell that run as child processes.
 
+mod access_trace;
 mod calibration;
 mod doctor;
 mod emulation;
@@ -28,6 +29,7 @@ mod roles;
 mod runner;
 mod scenario;
 mod source;
+mod sqlite_app;
 mod thesis;
 mod transport_sweep;
 mod workload;

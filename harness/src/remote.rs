@@ -331,6 +331,7 @@ impl RemoteLink {
         command.arg(format!("{}:0", topo.src_addr()));
         command.args(["--size", &image.bytes().len().to_string()]);
         command.args(["--seed", &image.seed.to_string()]);
+        command.args(["--content", image.content.name()]);
         let mut role = RoleProcess::spawn("remote-backend", command).map_err(|e| e.to_string())?;
         let addr = match role
             .next_event(ROLE_READY_TIMEOUT)
@@ -494,7 +495,7 @@ mod tests {
     #[test]
     fn every_mode_serves_the_source_intact() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let image = SourceImage::new(64 * 1024, 3);
+        let image = SourceImage::pattern(64 * 1024, 3);
         let bytes = image.bytes().to_vec();
         let cases = TransportKind::ALL.into_iter().flat_map(|kind| {
             [
@@ -525,7 +526,7 @@ mod tests {
     #[test]
     fn the_nbd_wire_serves_the_source_to_a_dialed_nbd_client() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let image = SourceImage::new(256 * 1024, 4);
+        let image = SourceImage::pattern(256 * 1024, 4);
         let rtt = Duration::from_millis(2);
         let link =
             RemoteLink::open(&image, Wire::Nbd, Emulation::Inproc, None, rtt, rt.handle()).unwrap();

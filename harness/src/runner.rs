@@ -292,7 +292,15 @@ fn run_cell(
         return record;
     }
 
-    let source = sources.get(spec.region_bytes);
+    let source = match sources.get(spec.region_bytes, spec.workload.content()) {
+        Ok(source) => source,
+        Err(e) => {
+            record.status = CellStatus::Failed;
+            record.reason = Some(format!("making the source region: {e}"));
+            record.wall_ms = start.elapsed().as_secs_f64() * 1e3;
+            return record;
+        }
+    };
     record.source_sha256 = Some(source.sha256.clone());
     let order = crate::workload::access_order(
         spec.workload,
@@ -377,6 +385,12 @@ fn fill_measured(
         integrity: Some(m.integrity),
         other: m.other.clone(),
     };
+    if spec.workload == crate::workload::WorkloadKind::Sqlite && secs > 0.0 && !w.truncated {
+        record
+            .metrics
+            .other
+            .insert("lookups_per_s".into(), w.accesses as f64 / secs);
+    }
     record.device = m.device.map(str::to_owned);
     record
         .histograms
@@ -401,6 +415,7 @@ fn fill_measured(
             "the whole region (SHA-256)"
         }
         IntegrityScope::AccessedBytes => "the bytes the workload read",
+        IntegrityScope::QueryAnswers => "the rows the lookups returned (SHA-256)",
     };
     if !m.integrity {
         record.status = CellStatus::Failed;

@@ -27,6 +27,10 @@ pub enum WorkloadKind {
     /// permutation, so hot data is not all at the front (YCSB's scrambled
     /// zipfian). Touches only part of the region.
     Zipfian,
+    /// Indexed lookups in a SQLite database that fills the region, opened
+    /// in place (see `sqlite_app`): a real application's access pattern.
+    /// One lookup per [`crate::sqlite_app::SLOTS_PER_LOOKUP`] access slots.
+    Sqlite,
 }
 
 /// YCSB's default skew.
@@ -38,6 +42,7 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Sequential => "sequential",
             WorkloadKind::Random => "random",
             WorkloadKind::Zipfian => "zipfian",
+            WorkloadKind::Sqlite => "sqlite",
         })
     }
 }
@@ -45,11 +50,20 @@ impl fmt::Display for WorkloadKind {
 impl WorkloadKind {
     /// Whether the pattern reads every byte of the region exactly once.
     pub fn covers_region(self) -> bool {
-        !matches!(self, WorkloadKind::Zipfian)
+        !matches!(self, WorkloadKind::Zipfian | WorkloadKind::Sqlite)
+    }
+
+    /// What the source region holds for this workload.
+    pub fn content(self) -> crate::source::Content {
+        match self {
+            WorkloadKind::Sqlite => crate::source::Content::Sqlite,
+            _ => crate::source::Content::Pattern,
+        }
     }
 }
 
-/// The offsets the application reads, `access_bytes` each, in order.
+/// The offsets the application reads, `access_bytes` each, in order; for
+/// `sqlite`, the keys it looks up.
 pub fn access_order(
     kind: WorkloadKind,
     region_bytes: u64,
@@ -57,10 +71,14 @@ pub fn access_order(
     seed: u64,
 ) -> Vec<u64> {
     let slots = region_bytes / access_bytes;
+    if kind == WorkloadKind::Sqlite {
+        let lookups = (slots / crate::sqlite_app::SLOTS_PER_LOOKUP).max(1);
+        return crate::sqlite_app::lookup_keys(lookups, seed);
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut order: Vec<u64> = (0..slots).collect();
     match kind {
-        WorkloadKind::Sequential => {}
+        WorkloadKind::Sequential | WorkloadKind::Sqlite => {}
         WorkloadKind::Random => order.shuffle(&mut rng),
         WorkloadKind::Zipfian => {
             let mut scatter = order.clone();

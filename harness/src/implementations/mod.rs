@@ -17,7 +17,7 @@ use results::LatencyHistogram;
 use crate::emulation::Emulation;
 use crate::scenario::CellSpec;
 use crate::source::SourceImage;
-use crate::workload::WorkloadOutcome;
+use crate::workload::{WorkloadKind, WorkloadOutcome};
 
 /// An axis an implementation's result depends on. Axes it ignores are not
 /// expanded for it (baseline does not run once per RTT).
@@ -100,6 +100,9 @@ pub enum IntegrityScope {
     /// Every byte the application read, compared with the source (used
     /// when the workload did not read the whole region).
     AccessedBytes,
+    /// The rows the SQLite lookups returned, hashed, compared with the
+    /// same lookups on the source's bytes.
+    QueryAnswers,
 }
 
 /// What a measured cell reports.
@@ -167,6 +170,9 @@ pub struct ReadOutcome {
 /// says, and checks what it read against the source.
 pub fn read_and_verify(ctx: &CellContext, region: &[u8]) -> Result<ReadOutcome, String> {
     let spec = ctx.spec;
+    if spec.workload == WorkloadKind::Sqlite {
+        return query_and_verify(ctx, region);
+    }
     let access = spec.access_bytes as usize;
     let workload = crate::placement::run_workload_placed(spec.placement, || {
         crate::workload::run_reads(region, ctx.order, access, ctx.deadline)
@@ -184,6 +190,23 @@ pub fn read_and_verify(ctx: &CellContext, region: &[u8]) -> Result<ReadOutcome, 
         workload,
         integrity,
         integrity_scope,
+    })
+}
+
+/// The `sqlite` workload: lookups in the database the region holds,
+/// their answers compared with the same lookups on the source.
+fn query_and_verify(ctx: &CellContext, region: &[u8]) -> Result<ReadOutcome, String> {
+    let outcome = crate::placement::run_workload_placed(ctx.spec.placement, || {
+        crate::sqlite_app::run_lookups(region, ctx.order, ctx.deadline)
+    })?
+    .map_err(|e| format!("the sqlite workload: {e}"))?;
+    let done = &ctx.order[..outcome.workload.accesses];
+    let expected = crate::sqlite_app::expected_answers(&ctx.source.bytes(), done)
+        .map_err(|e| format!("the sqlite workload on the source's bytes: {e}"))?;
+    Ok(ReadOutcome {
+        integrity: outcome.answers_sha256 == expected,
+        workload: outcome.workload,
+        integrity_scope: IntegrityScope::QueryAnswers,
     })
 }
 

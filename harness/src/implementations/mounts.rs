@@ -20,8 +20,10 @@ use super::{
     emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured,
     ReadOutcome,
 };
+use crate::access_trace;
 use crate::remote::{RemoteLink, Wire, NBD_EXPORT};
 use crate::scenario::PullHeuristic as PullOrder;
+use crate::workload::WorkloadKind;
 
 pub const NBD_DIRECT: Descriptor = Descriptor {
     name: "nbd-direct",
@@ -102,17 +104,14 @@ fn run_mount_direct(ctx: &CellContext) -> CellOutcome {
 
 fn run_managed(ctx: &CellContext) -> CellOutcome {
     let spec = ctx.spec;
-    let chunk_count = spec.region_bytes / spec.chunk_bytes;
     let heuristic = match spec.pull_heuristic {
         PullOrder::Linear => PullHeuristic::Linear,
         PullOrder::Reverse => PullHeuristic::Reverse,
         PullOrder::Random => PullHeuristic::Random { seed: 1 },
-        PullOrder::Trace => PullHeuristic::Order(first_touch_order(
-            ctx.order,
-            spec.access_bytes,
-            spec.chunk_bytes,
-            chunk_count,
-        )),
+        PullOrder::Trace => match trace(ctx) {
+            Ok(order) => PullHeuristic::Order(order),
+            Err(e) => return CellOutcome::Failed(format!("the trace to pull in: {e}")),
+        },
     };
     run_mounted(ctx, Wire::Rpc(spec.transport), move |link, ctx| {
         let managed = ManagedOptions {
@@ -131,22 +130,27 @@ fn run_managed(ctx: &CellContext) -> CellOutcome {
     })
 }
 
-/// The chunks the workload touches, in the order it first touches them:
-/// the trace a previous run of the same workload records. The workload's
-/// order is seeded, so the trace is exact.
-fn first_touch_order(order: &[u64], access: u64, chunk: u64, chunk_count: u64) -> Vec<u64> {
-    let mut seen = vec![false; chunk_count as usize];
-    let mut trace = Vec::new();
-    for &offset in order {
-        let first = offset / chunk;
-        let last = (offset + access - 1) / chunk;
-        for c in first..=last.min(chunk_count.saturating_sub(1)) {
-            if !std::mem::replace(&mut seen[c as usize], true) {
-                trace.push(c);
-            }
-        }
+/// The chunks the workload touches, in the order it first touches them, as
+/// a previous run of the same workload records them: computed for the
+/// seeded synthetic orders (exact), recorded on a local userfaultfd region
+/// for SQLite, whose reads only the run itself decides.
+fn trace(ctx: &CellContext) -> Result<Vec<u64>, String> {
+    let spec = ctx.spec;
+    if spec.workload != WorkloadKind::Sqlite {
+        return Ok(access_trace::first_touch_chunks(
+            ctx.order,
+            spec.access_bytes,
+            spec.chunk_bytes,
+            spec.region_bytes.div_ceil(spec.chunk_bytes),
+        ));
     }
-    trace
+    let no_deadline = Instant::now() + Duration::from_secs(3600);
+    access_trace::record_first_touch(
+        &ctx.source,
+        spec.chunk_bytes,
+        ctx.runtime.handle(),
+        |region| crate::sqlite_app::run_lookups(region, ctx.order, no_deadline),
+    )
 }
 
 /// One cell of a mount: link, open (set-up time), map, read, verify,
@@ -272,20 +276,5 @@ fn record_pull(
             / rtt.as_secs_f64();
         other.insert("pull_bound_mib_s".into(), bound);
         other.insert("pull_efficiency".into(), rate / bound);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_trace_lists_each_touched_chunk_once_in_first_touch_order() {
-        // Accesses of 4 KiB; chunks of 8 KiB; one access straddles 1 and 2.
-        let order = [16384, 0, 4096, 12288, 14336];
-        let trace = first_touch_order(&order, 4096, 8192, 4);
-        assert_eq!(trace, vec![2, 0, 1]);
-        let straddling = first_touch_order(&[6144], 4096, 8192, 4);
-        assert_eq!(straddling, vec![0, 1]);
     }
 }

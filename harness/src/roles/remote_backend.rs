@@ -17,7 +17,7 @@ use transports::TransportConfig;
 
 use super::protocol::{emit, run_reporting, wait_for_stop, RoleEvent};
 use crate::remote::{serve_wire, Wire};
-use crate::source::SourceImage;
+use crate::source::{Content, SourceImage};
 
 /// The role's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +35,10 @@ pub struct RemoteBackendArgs {
     /// Seed of the region's content (the runner derives the same bytes).
     #[arg(long)]
     pub seed: u64,
+    /// What the region holds: the seeded pattern, or a SQLite database
+    /// for the `sqlite` workload.
+    #[arg(long, value_enum, default_value = "pattern")]
+    pub content: Content,
     /// Calls one connection handles at once before it pushes back.
     #[arg(long, default_value_t = transports::server::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
@@ -64,7 +68,13 @@ fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let image = SourceImage::new(args.size, args.seed);
+    let image = SourceImage::new(args.size, args.seed, args.content).with_context(|| {
+        format!(
+            "making the {} source of {} bytes",
+            args.content.name(),
+            args.size
+        )
+    })?;
     let backend: SharedBackend = image.backend.clone();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.listen))

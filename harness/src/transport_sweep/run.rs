@@ -101,7 +101,7 @@ pub fn run(
                     record.status = CellStatus::Skipped;
                     record.reason = Some(NEEDS_PACKETS.into());
                 } else {
-                    let image = sources.get(point.region_bytes());
+                    let image = sources.pattern(point.region_bytes());
                     let cell = Cell {
                         kind,
                         point: *point,
