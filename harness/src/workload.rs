@@ -53,6 +53,19 @@ impl WorkloadKind {
         !matches!(self, WorkloadKind::Zipfian | WorkloadKind::Sqlite)
     }
 
+    /// The `madvise` the application gives its file mapping, if any.
+    /// SQLite reads B-tree pages scattered over the file, and a database
+    /// that maps its file says so (LMDB advises `MADV_RANDOM` by default):
+    /// without it each fault also waits for the readahead window around
+    /// the page, chunks no heuristic pulled because nothing needs them.
+    /// The synthetic patterns keep the kernel's default.
+    pub fn mapping_advice(self) -> Option<memmap2::Advice> {
+        match self {
+            WorkloadKind::Sqlite => Some(memmap2::Advice::Random),
+            _ => None,
+        }
+    }
+
     /// What the source region holds for this workload.
     pub fn content(self) -> crate::source::Content {
         match self {

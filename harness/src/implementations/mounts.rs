@@ -196,6 +196,11 @@ fn run_mounted(
         Ok(m) => m,
         Err(e) => return CellOutcome::Failed(format!("mapping the mount: {e}")),
     };
+    if let Some(advice) = spec.workload.mapping_advice() {
+        if let Err(e) = map.advise(advice) {
+            return CellOutcome::Failed(format!("madvise({advice:?}) on the mount: {e}"));
+        }
+    }
     let setup = setup_start.elapsed();
 
     let mut other = BTreeMap::new();

@@ -67,6 +67,16 @@ impl RegionMap {
         }
     }
 
+    /// Tells the kernel how the region will be read (`madvise`): with
+    /// `Advice::Random` a fault reads only its page, no readahead around
+    /// it, so a read does not wait for neighbours nobody asked for.
+    pub fn advise(&self, advice: memmap2::Advice) -> std::io::Result<()> {
+        match self {
+            RegionMap::ReadOnly(m) => m.advise(advice),
+            RegionMap::ReadWrite(m) => m.advise(advice),
+        }
+    }
+
     /// Writes dirty pages back to the device (`msync`). Dropping the map
     /// does this too.
     pub fn flush(&self) -> std::io::Result<()> {
