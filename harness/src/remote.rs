@@ -204,8 +204,9 @@ fn link_config() -> transports::TransportConfig {
 
 impl RemoteLink {
     /// Serves `image` over `wire` and connects a client to it across
-    /// `emulation` at `rtt` (`net` holds the namespaces of the packet-level
-    /// modes). Blocks on `runtime`: call it from outside the runtime. Across
+    /// `emulation` at `rtt`, the link limited to `rate_bps` each way when
+    /// given (only the packet-level modes can; `net` holds their
+    /// namespaces). Blocks on `runtime`: call it from outside the runtime. Across
     /// namespaces the connection is opened by a task of `runtime`, whose
     /// threads must live in `dst` (the runner builds it so).
     pub fn open(
@@ -214,8 +215,14 @@ impl RemoteLink {
         emulation: Emulation,
         net: Option<&Namespaces>,
         rtt: Duration,
+        rate_bps: Option<u64>,
         runtime: &Handle,
     ) -> Result<Self, String> {
+        if rate_bps.is_some() && emulation.layout().is_none() {
+            return Err(format!(
+                "a rate-limited link needs a packet-level emulation mode, not `{emulation}`"
+            ));
+        }
         let source: SharedBackend = image.backend.clone();
         match emulation {
             Emulation::Inproc => Self::open_in_process(source, wire, rtt, rtt / 2, runtime),
@@ -225,7 +232,7 @@ impl RemoteLink {
             }
             Emulation::UserspaceLink | Emulation::KernelNetem => {
                 let net = net.ok_or("the packet-level modes need the run's namespaces")?;
-                Self::open_namespaced(net, image, wire, rtt, runtime)
+                Self::open_namespaced(net, image, wire, rtt, rate_bps, runtime)
             }
         }
     }
@@ -318,10 +325,11 @@ impl RemoteLink {
         image: &SourceImage,
         wire: Wire,
         rtt: Duration,
+        rate_bps: Option<u64>,
         runtime: &Handle,
     ) -> Result<Self, String> {
         let topo = &net.topology;
-        let link = net.start_link(symmetric_link(rtt, Duration::ZERO, None, 0.0))?;
+        let link = net.start_link(symmetric_link(rtt, Duration::ZERO, rate_bps, 0.0))?;
 
         let exe =
             std::env::current_exe().map_err(|e| format!("finding the harness binary: {e}"))?;
@@ -506,7 +514,8 @@ mod tests {
         });
         for (kind, mode, rtt) in cases {
             let link =
-                RemoteLink::open(&image, Wire::Rpc(kind), mode, None, rtt, rt.handle()).unwrap();
+                RemoteLink::open(&image, Wire::Rpc(kind), mode, None, rtt, None, rt.handle())
+                    .unwrap();
             let client = link.client().unwrap();
             let mut got = vec![0u8; bytes.len()];
             let start = std::time::Instant::now();
@@ -528,8 +537,16 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let image = SourceImage::pattern(256 * 1024, 4);
         let rtt = Duration::from_millis(2);
-        let link =
-            RemoteLink::open(&image, Wire::Nbd, Emulation::Inproc, None, rtt, rt.handle()).unwrap();
+        let link = RemoteLink::open(
+            &image,
+            Wire::Nbd,
+            Emulation::Inproc,
+            None,
+            rtt,
+            None,
+            rt.handle(),
+        )
+        .unwrap();
         assert!(link.client().unwrap_err().contains("dial"));
         let stream = link.dial().unwrap();
         let got = rt.block_on(async {

@@ -292,6 +292,26 @@ fn run_cell(
         return record;
     }
 
+    if let Some(mbit) = spec.link_mbit {
+        if emulation.layout().is_none() {
+            record.reason = Some(format!(
+                "a link limited to {mbit} Mbit/s needs a packet-level emulation mode \
+                 (userspace-link or kernel-netem); this run is `{emulation}`"
+            ));
+            return record;
+        }
+    }
+    if spec.workload == crate::workload::WorkloadKind::Idle
+        && !imp
+            .axes
+            .contains(&crate::implementations::Axis::PullWorkers)
+    {
+        record.reason = Some(format!(
+            "the idle workload measures a background pull, which `{}` does not have",
+            imp.name
+        ));
+        return record;
+    }
     let source = match sources.get(spec.region_bytes, spec.workload.content()) {
         Ok(source) => source,
         Err(e) => {

@@ -180,6 +180,11 @@ pub struct Axes {
     /// Where a managed mount cuts accesses into chunks.
     #[serde(default = "default_chunking")]
     pub chunking: Vec<ChunkingSide>,
+    /// The link's rate in Mbit/s, each direction; absent (the default) for
+    /// a link limited only by the emulator. Needs a packet-level emulation
+    /// mode: the in-process ones skip rate-limited cells.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_mbit: Vec<u64>,
 }
 
 fn default_placement() -> Vec<Placement> {
@@ -189,6 +194,9 @@ fn default_placement() -> Vec<Placement> {
 fn default_transport() -> Vec<TransportKind> {
     vec![TransportKind::Frpc]
 }
+
+/// The fastest link rate a scenario may ask for (100 Gbit/s).
+pub const MAX_LINK_MBIT: u64 = 100_000;
 
 /// The thesis's managed mounts ran 512 pull workers by default.
 pub const DEFAULT_PULL_WORKERS: usize = 512;
@@ -218,6 +226,7 @@ pub struct AxesOverride {
     pull_workers: Option<Vec<usize>>,
     pull_heuristic: Option<Vec<PullHeuristic>>,
     chunking: Option<Vec<ChunkingSide>>,
+    link_mbit: Option<Vec<u64>>,
 }
 
 /// Settings a profile may override.
@@ -292,6 +301,8 @@ pub struct CellSpec {
     pub pull_workers: usize,
     pub pull_heuristic: PullHeuristic,
     pub chunking: ChunkingSide,
+    /// The link's rate limit, Mbit/s each direction.
+    pub link_mbit: Option<u64>,
 }
 
 impl CellSpec {
@@ -341,6 +352,9 @@ impl CellSpec {
                 "chunking".into(),
                 serde_json::json!(self.chunking.to_string()),
             );
+        }
+        if let Some(mbit) = self.link_mbit {
+            p.insert("link_mbit".into(), serde_json::json!(mbit));
         }
         p
     }
@@ -587,6 +601,7 @@ pub fn parse(origin: &str, text: &str, profile: &str) -> Result<Scenario, Scenar
             pull_workers: ax.pull_workers.unwrap_or(file.axes.pull_workers),
             pull_heuristic: ax.pull_heuristic.unwrap_or(file.axes.pull_heuristic),
             chunking: ax.chunking.unwrap_or(file.axes.chunking),
+            link_mbit: ax.link_mbit.unwrap_or(file.axes.link_mbit),
         },
         origin: origin.to_owned(),
     };
@@ -650,6 +665,17 @@ fn validate(s: &Scenario) -> Result<(), (String, String)> {
     ] {
         if empty {
             return err(key, "must list at least one value".into());
+        }
+    }
+    for &mbit in &axes.link_mbit {
+        if !(1..=MAX_LINK_MBIT).contains(&mbit) {
+            return err(
+                "axes.link_mbit",
+                format!(
+                    "{mbit} is not in 1..={MAX_LINK_MBIT} Mbit/s; leave the axis out for a link \
+                     the emulator alone limits"
+                ),
+            );
         }
     }
     for &workers in &axes.pull_workers {
@@ -734,6 +760,7 @@ impl Scenario {
                 pull_workers: ax.pull_workers[0],
                 pull_heuristic: ax.pull_heuristic[0],
                 chunking: ax.chunking[0],
+                link_mbit: None,
             };
             let mut cells = vec![template];
             expand(&mut cells, true, &ax.region_mib, |c, &v| {
@@ -763,6 +790,12 @@ impl Scenario {
             );
             expand(&mut cells, uses(Axis::Chunking), &ax.chunking, |c, &v| {
                 c.chunking = v
+            });
+            // A rate limits the link, which only implementations with a
+            // remote have (those with an RTT); no rates, no limit.
+            let limited = uses(Axis::Rtt) && !ax.link_mbit.is_empty();
+            expand(&mut cells, limited, &ax.link_mbit, |c, &v| {
+                c.link_mbit = Some(v)
             });
             expand(&mut cells, uses(Axis::Rtt), &ax.rtt_ms, |c, &v| {
                 c.rtt_ms = Some(v)
@@ -832,6 +865,44 @@ mod tests {
         let d = parse("t", GOOD, "default").unwrap();
         assert_eq!(d.repetitions, 2);
         assert_eq!(d.axes.rtt_ms, vec![0.0, 5.0]);
+    }
+
+    #[test]
+    fn a_link_rate_expands_only_where_there_is_a_link_and_zero_is_refused() {
+        let text = GOOD.replace(
+            "workload = [",
+            "link_mbit = [100, 200]\n        workload = [",
+        );
+        let cells = parse("t", &text, "default").unwrap().cells();
+        for c in &cells {
+            match c.implementation.name {
+                "baseline" => assert_eq!(c.link_mbit, None),
+                _ => assert!(matches!(c.link_mbit, Some(100 | 200)), "{c:?}"),
+            }
+        }
+        let uffd: Vec<_> = cells
+            .iter()
+            .filter(|c| c.implementation.name == "uffd")
+            .collect();
+        // 2 rates x 2 RTTs x 2 workloads, each rate recorded as a parameter.
+        assert_eq!(uffd.len(), 8);
+        assert_eq!(uffd[0].params()["link_mbit"], serde_json::json!(100));
+        assert!(parse("t", GOOD, "default").unwrap().cells()[0]
+            .params()
+            .get("link_mbit")
+            .is_none());
+
+        let err = parse(
+            "t",
+            &GOOD.replace("workload = [", "link_mbit = [0]\n        workload = ["),
+            "default",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("axes.link_mbit") && err.contains("leave the axis out"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum WorkloadKind {
     /// in place (see `sqlite_app`): a real application's access pattern.
     /// One lookup per [`crate::sqlite_app::SLOTS_PER_LOOKUP`] access slots.
     Sqlite,
+    /// No reads at all: the cell measures a managed mount's background
+    /// pull alone (its rate against what its workers and the link allow),
+    /// then checks the whole region once every chunk is local.
+    Idle,
 }
 
 /// YCSB's default skew.
@@ -43,6 +47,7 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Random => "random",
             WorkloadKind::Zipfian => "zipfian",
             WorkloadKind::Sqlite => "sqlite",
+            WorkloadKind::Idle => "idle",
         })
     }
 }
@@ -50,7 +55,10 @@ impl fmt::Display for WorkloadKind {
 impl WorkloadKind {
     /// Whether the pattern reads every byte of the region exactly once.
     pub fn covers_region(self) -> bool {
-        !matches!(self, WorkloadKind::Zipfian | WorkloadKind::Sqlite)
+        !matches!(
+            self,
+            WorkloadKind::Zipfian | WorkloadKind::Sqlite | WorkloadKind::Idle
+        )
     }
 
     /// The `madvise` the application gives its file mapping, if any.
@@ -84,6 +92,9 @@ pub fn access_order(
     seed: u64,
 ) -> Vec<u64> {
     let slots = region_bytes / access_bytes;
+    if kind == WorkloadKind::Idle {
+        return Vec::new();
+    }
     if kind == WorkloadKind::Sqlite {
         let lookups = (slots / crate::sqlite_app::SLOTS_PER_LOOKUP).max(1);
         return crate::sqlite_app::lookup_keys(lookups, seed);
@@ -91,7 +102,7 @@ pub fn access_order(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut order: Vec<u64> = (0..slots).collect();
     match kind {
-        WorkloadKind::Sequential | WorkloadKind::Sqlite => {}
+        WorkloadKind::Sequential | WorkloadKind::Sqlite | WorkloadKind::Idle => {}
         WorkloadKind::Random => order.shuffle(&mut rng),
         WorkloadKind::Zipfian => {
             let mut scatter = order.clone();
@@ -127,6 +138,21 @@ pub struct WorkloadOutcome {
     pub truncated: bool,
     /// CPU the workload thread was seen on -> samples.
     pub cpus: BTreeMap<String, u64>,
+}
+
+impl WorkloadOutcome {
+    /// What a workload that reads nothing did.
+    pub fn nothing() -> Self {
+        Self {
+            accesses: 0,
+            bytes_read: 0,
+            elapsed: Duration::ZERO,
+            first_access: None,
+            latency: LatencyHistogram::new(),
+            truncated: false,
+            cpus: BTreeMap::new(),
+        }
+    }
 }
 
 /// How often the loop samples which CPU it runs on.

@@ -181,6 +181,36 @@ fn per_call_emulation_is_recorded_and_intact() {
     }
 }
 
+/// A rate needs a link that carries packets: in process, the cell is
+/// skipped and says why, and nothing is measured under a false label.
+#[test]
+fn a_rate_limited_cell_is_skipped_in_process_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace(
+            "implementations = [\"baseline\", \"uffd\"]",
+            "implementations = [\"uffd\"]",
+        )
+        .replace(
+            "workload = [\"sequential\", \"zipfian\"]",
+            "workload = [\"sequential\"]\nlink_mbit = [100]",
+        )
+        .replace("rtt_ms = [0, 2]", "rtt_ms = [2]");
+    let scenario = write_scenario(tmp.path(), &text);
+    let out_dir = tmp.path().join("runs");
+    let out = run_scenario(&scenario, "inproc", &out_dir);
+    assert!(out.status.success());
+    let cells = cells(&run_dir(&out_dir));
+    assert_eq!(cells.len(), 1);
+    assert_eq!(cells[0]["status"], "skipped", "{}", cells[0]);
+    assert_eq!(cells[0]["params"]["link_mbit"], 100);
+    let reason = cells[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("100 Mbit/s") && reason.contains("userspace-link"),
+        "{reason}"
+    );
+}
+
 /// Whether `harness doctor` finds `capability` on this host.
 fn host_has(capability: &str) -> bool {
     let out = run(harness().args(["doctor", "--json"]));

@@ -17,13 +17,13 @@ use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegi
 use results::LatencyHistogram;
 
 use super::{
-    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured,
-    ReadOutcome,
+    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, IntegrityScope,
+    Measured, ReadOutcome,
 };
 use crate::access_trace;
 use crate::remote::{RemoteLink, Wire, NBD_EXPORT};
 use crate::scenario::PullHeuristic as PullOrder;
-use crate::workload::WorkloadKind;
+use crate::workload::{WorkloadKind, WorkloadOutcome};
 
 pub const NBD_DIRECT: Descriptor = Descriptor {
     name: "nbd-direct",
@@ -172,6 +172,7 @@ fn run_mounted(
         ctx.emulation,
         ctx.network,
         rtt,
+        spec.link_mbit.map(|mbit| mbit * 1_000_000),
         ctx.runtime.handle(),
     ) {
         Ok(link) => link,
@@ -212,17 +213,23 @@ fn run_mounted(
             local as f64 / f64::from(1 << 20),
         );
     }
+    let read = match (&mounted, spec.workload) {
+        (Opened::Managed(m), WorkloadKind::Idle) => {
+            pull_then_verify(m, ctx, map.as_slice(), rtt, &mut other)
+        }
+        _ => read_and_verify(ctx, map.as_slice()),
+    };
     let ReadOutcome {
         workload,
         integrity,
         integrity_scope,
-    } = match read_and_verify(ctx, map.as_slice()) {
+    } = match read {
         Ok(r) => r,
         Err(e) => return CellOutcome::Failed(e),
     };
     drop(map);
-    if let Opened::Managed(m) = &mounted {
-        record_pull(m, spec, rtt, ctx.deadline, &mut other);
+    if let (Opened::Managed(m), false) = (&mounted, spec.workload == WorkloadKind::Idle) {
+        record_pull(m, spec, ctx.deadline, &mut other);
     }
     let transferred = link
         .transferred_bytes()
@@ -253,33 +260,120 @@ fn run_mounted(
     }))
 }
 
-/// The background pull's rate, and how close it came to what its workers
-/// can keep in flight (`workers x chunk / RTT`). Region cells do not limit
-/// the link's rate, so that is the only bound the efficiency is taken
-/// against. Waits for the pull up to the cell's deadline; records nothing
-/// for a pull that did not finish.
+/// The `idle` workload: nothing reads while the background pull runs, so
+/// its rate is the pull's alone; then the whole region, all local, is
+/// checked against the source.
+fn pull_then_verify(
+    mount: &ManagedMount,
+    ctx: &CellContext,
+    region: &[u8],
+    rtt: Duration,
+    other: &mut BTreeMap<String, f64>,
+) -> Result<ReadOutcome, String> {
+    let spec = ctx.spec;
+    if !record_pull(mount, spec, ctx.deadline, other) {
+        return Err(format!(
+            "the background pull did not finish within the cell's budget ({} of {} chunks local)",
+            mount.stats().local_chunks,
+            mount.stats().chunk_count
+        ));
+    }
+    let mib = spec.region_bytes as f64 / f64::from(1 << 20);
+    let bound = pull_bound_mib_s(spec, rtt);
+    if let (Some(rate), Some(bound)) = (other.get("pull_throughput_mib_s"), bound) {
+        let rate = *rate;
+        other.insert("pull_bound_mib_s".into(), bound);
+        other.insert("pull_efficiency".into(), rate / bound);
+    }
+    tracing::debug!(mib, "pull done; hashing the region");
+    let digest = crate::source::sha256_hex(region);
+    Ok(ReadOutcome {
+        workload: WorkloadOutcome::nothing(),
+        integrity: digest == ctx.source.sha256,
+        integrity_scope: IntegrityScope::Region {
+            destination_sha256: digest,
+        },
+    })
+}
+
+/// What the pull could reach at best: `workers x chunk / RTT` (what the
+/// workers keep in flight), or the link's rate where that is lower. `None`
+/// at RTT 0 on an unlimited link, where nothing but the machine bounds it.
+fn pull_bound_mib_s(spec: &crate::scenario::CellSpec, rtt: Duration) -> Option<f64> {
+    const MIB: f64 = (1u64 << 20) as f64;
+    let workers = (!rtt.is_zero())
+        .then(|| spec.pull_workers as f64 * spec.chunk_bytes as f64 / MIB / rtt.as_secs_f64());
+    let link = spec.link_mbit.map(|mbit| mbit as f64 * 1e6 / 8.0 / MIB);
+    match (workers, link) {
+        (Some(w), Some(l)) => Some(w.min(l)),
+        (w, l) => w.or(l),
+    }
+}
+
+/// The background pull's time and rate (the region over the time until
+/// every chunk is local, whoever fetched it). Waits for the pull up to the
+/// cell's deadline; records nothing and returns false for a pull that did
+/// not finish. The efficiency against the bound is taken only when nothing
+/// else reads (`idle`), since an application's own reads fetch chunks too.
 fn record_pull(
     mount: &ManagedMount,
     spec: &crate::scenario::CellSpec,
-    rtt: Duration,
     deadline: Instant,
     other: &mut BTreeMap<String, f64>,
-) {
+) -> bool {
     let pull_time = loop {
         match mount.stats().pull_time {
             Some(t) => break t,
-            None if Instant::now() >= deadline => return,
+            None if Instant::now() >= deadline => return false,
             None => std::thread::sleep(Duration::from_millis(5)),
         }
     };
     let mib = spec.region_bytes as f64 / f64::from(1 << 20);
-    let rate = mib / pull_time.as_secs_f64();
     other.insert("pull_ms".into(), pull_time.as_secs_f64() * 1e3);
-    other.insert("pull_throughput_mib_s".into(), rate);
-    if !rtt.is_zero() {
-        let bound = (spec.pull_workers as f64 * spec.chunk_bytes as f64 / f64::from(1 << 20))
-            / rtt.as_secs_f64();
-        other.insert("pull_bound_mib_s".into(), bound);
-        other.insert("pull_efficiency".into(), rate / bound);
+    other.insert(
+        "pull_throughput_mib_s".into(),
+        mib / pull_time.as_secs_f64(),
+    );
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::parse;
+
+    fn managed_cell(link_mbit: Option<u64>, workers: usize) -> crate::scenario::CellSpec {
+        let text = r#"
+            name = "t"
+            description = "d"
+            implementations = ["mount-managed"]
+            repetitions = 1
+            cell_time_budget_s = 10
+            [axes]
+            rtt_ms = [10]
+            region_mib = [4]
+            chunk_kib = [64]
+            workload = ["idle"]
+        "#;
+        let mut cell = parse("t", text, "default").unwrap().cells().remove(0);
+        cell.link_mbit = link_mbit;
+        cell.pull_workers = workers;
+        cell
+    }
+
+    #[test]
+    fn the_pull_bound_is_the_lesser_of_the_workers_and_the_link() {
+        let rtt = Duration::from_millis(10);
+        // 1 worker x 64 KiB / 10 ms = 6.25 MiB/s; 200 Mbit/s = 23.84 MiB/s.
+        let one = pull_bound_mib_s(&managed_cell(Some(200), 1), rtt).unwrap();
+        assert!((one - 6.25).abs() < 1e-9, "{one}");
+        let many = pull_bound_mib_s(&managed_cell(Some(200), 64), rtt).unwrap();
+        assert!((many - 200e6 / 8.0 / 1048576.0).abs() < 1e-9, "{many}");
+        let unlimited = pull_bound_mib_s(&managed_cell(None, 64), rtt).unwrap();
+        assert!((unlimited - 400.0).abs() < 1e-9, "{unlimited}");
+        assert_eq!(
+            pull_bound_mib_s(&managed_cell(None, 64), Duration::ZERO),
+            None
+        );
     }
 }

@@ -41,6 +41,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
         ctx.emulation,
         ctx.network,
         rtt,
+        spec.link_mbit.map(|mbit| mbit * 1_000_000),
         ctx.runtime.handle(),
     ) {
         Ok(link) => link,
