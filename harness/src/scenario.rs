@@ -887,10 +887,9 @@ mod tests {
         // 2 rates x 2 RTTs x 2 workloads, each rate recorded as a parameter.
         assert_eq!(uffd.len(), 8);
         assert_eq!(uffd[0].params()["link_mbit"], serde_json::json!(100));
-        assert!(parse("t", GOOD, "default").unwrap().cells()[0]
+        assert!(!parse("t", GOOD, "default").unwrap().cells()[0]
             .params()
-            .get("link_mbit")
-            .is_none());
+            .contains_key("link_mbit"));
 
         let err = parse(
             "t",
