@@ -154,6 +154,11 @@ const WORKERS_X: XAxis = XAxis::Param {
     label: "pull workers",
     scale: Scale::Log,
 };
+const CHUNK_X: XAxis = XAxis::Param {
+    name: "chunk_kib",
+    label: "chunk size (KiB)",
+    scale: Scale::Log,
+};
 const AT_ZERO_RTT: &[Filter] = &[Filter {
     param: "rtt_ms",
     cond: Cond::Eq(0.0),
@@ -586,6 +591,49 @@ pub const CATALOG: &[FigureSpec] = &[
         extras: &[],
         expects: &["linear", "reverse", "random", "trace"],
         needs: "managed mounts over a `pull_heuristic` axis with `workload = sqlite` recording `total_ms`",
+    },
+    // ---- chunk-sweep: chunk size ----
+    FigureSpec {
+        id: "chunk-sweep-first-chunk-latency-vs-chunk-size",
+        title: "Managed mount: first-chunk latency as the chunk size grows",
+        design_row: "chunking on the client vs on the server side: chunk size against first-chunk latency",
+        scenario: "chunk-sweep",
+        measures: one!("first_chunk_latency_us"),
+        y_label: FIRST_CHUNK,
+        y_scale: Scale::Log,
+        y_factor: 1.0,
+        band: BandPolicy::MinMax,
+        x: CHUNK_X,
+        series: SeriesKey::Param("rtt_ms"),
+        filters: &[Filter {
+            param: "implementation",
+            cond: Cond::Is("mount-managed"),
+        }],
+        facet: Some("workload"),
+        extras: &[],
+        expects: &[],
+        needs: "managed mounts over `chunk_kib` and `rtt_ms` recording `first_chunk_latency_us`",
+    },
+    FigureSpec {
+        id: "chunk-sweep-read-throughput-vs-chunk-size",
+        title: "Managed mount: read throughput as the chunk size grows",
+        design_row: "chunking on the client vs on the server side: chunk size against throughput",
+        scenario: "chunk-sweep",
+        measures: one!("read_throughput_mib_s"),
+        y_label: READ_TPUT,
+        y_scale: Scale::Log,
+        y_factor: 1.0,
+        band: BandPolicy::Spread,
+        x: CHUNK_X,
+        series: SeriesKey::Param("rtt_ms"),
+        filters: &[Filter {
+            param: "implementation",
+            cond: Cond::Is("mount-managed"),
+        }],
+        facet: Some("workload"),
+        extras: &[],
+        expects: &[],
+        needs: "managed mounts over `chunk_kib` and `rtt_ms` recording `read_throughput_mib_s`",
     },
     // ---- downtime ----
     FigureSpec {
