@@ -376,6 +376,12 @@ impl RemoteLink {
             .ok_or_else(|| format!("the {} wire has no RPC client: dial it", self.wire))
     }
 
+    /// Where the destination reaches the server (the delay proxy, where
+    /// one stands in front of it), for clients in other processes.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.dial
+    }
+
     /// Opens a new TCP connection to the server, from the destination's
     /// side (a runtime task, so across namespaces it starts in `dst`).
     pub fn dial(&self) -> Result<tokio::net::TcpStream, String> {

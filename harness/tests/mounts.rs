@@ -1,5 +1,5 @@
 //! The NBD implementations end to end: a tiny rtt-sweep-like scenario runs
-//! `nbd-direct`, `mount-direct` (over two transports) and `mount-managed`
+//! `nbd-direct`, libnbd's `nbdfuse`, `mount-direct` (over two transports) and `mount-managed`
 //! across namespaces (as root) or in process, and leaves no namespace and
 //! no FUSE mount behind.
 
@@ -14,7 +14,7 @@ use common::{
 const SCENARIO: &str = r#"
 name = "mounts"
 description = "the NBD family on a small region"
-implementations = ["nbd-direct", "mount-direct", "mount-managed"]
+implementations = ["nbd-direct", "nbdfuse", "mount-direct", "mount-managed"]
 repetitions = 1
 cell_time_budget_s = 60
 access_kib = 4
@@ -63,9 +63,9 @@ fn nbd_implementations_read_the_region_intact_and_record_their_device() {
         .arg(&out_dir));
     assert!(out.status.success());
     let records = cells(&run_dir(&out_dir));
-    // nbd-direct once; mount-direct per transport; mount-managed per
-    // transport and heuristic.
-    assert_eq!(records.len(), 1 + 2 + 4, "{records:#?}");
+    // nbd-direct and nbdfuse once; mount-direct per transport;
+    // mount-managed per transport and heuristic.
+    assert_eq!(records.len(), 2 + 2 + 4, "{records:#?}");
     let expected_device = if Path::new("/dev/nbd0").exists() {
         "kernel-nbd"
     } else {
@@ -77,10 +77,23 @@ fn nbd_implementations_read_the_region_intact_and_record_their_device() {
             assert!(c["reason"].as_str().unwrap().contains("device"), "{c}");
             continue;
         }
+        let implementation = c["implementation"].as_str().unwrap();
+        if implementation == "nbdfuse" {
+            if c["status"] == "skipped" {
+                // Only where libnbd's tools are missing (.ci/run installs them).
+                assert!(c["reason"].as_str().unwrap().contains("nbdfuse"), "{c}");
+                eprintln!("nbdfuse skipped: {}", c["reason"]);
+                continue;
+            }
+            assert_eq!(c["status"], "ok", "{c}");
+            assert_eq!(c["metrics"]["integrity"], true, "{c}");
+            assert_eq!(c["device"], "nbdfuse", "{c}");
+            assert_eq!(c["transport"], "nbd", "{c}");
+            continue;
+        }
         assert_eq!(c["status"], "ok", "{c}");
         assert_eq!(c["metrics"]["integrity"], true, "{c}");
         assert_eq!(c["device"], expected_device, "{c}");
-        let implementation = c["implementation"].as_str().unwrap();
         let transport = c["transport"].as_str().unwrap();
         if implementation == "nbd-direct" {
             assert_eq!(transport, "nbd", "{c}");

@@ -6,6 +6,7 @@
 
 mod baseline;
 mod mounts;
+mod nbdfuse;
 mod uffd_pull;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,7 @@ pub static ALL: &[Descriptor] = &[
     mounts::NBD_DIRECT,
     mounts::MOUNT_DIRECT,
     mounts::MOUNT_MANAGED,
+    nbdfuse::DESCRIPTOR,
 ];
 
 /// The implementation named `name`.

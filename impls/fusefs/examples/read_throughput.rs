@@ -17,12 +17,13 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::MemoryBackend;
+use fusefs::nbdfuse::{NbdFuse, NbdFuseOptions, NBDFUSE};
 use fusefs::{FuseFile, FuseFileOptions, ReplyMode};
 use memmap2::MmapOptions;
 use serde_json::{json, Value};
@@ -155,50 +156,44 @@ fn run_fusefs(args: &Args, dir: &Path, expected: &[u8]) -> Result<Value, Error> 
     Ok(result)
 }
 
-/// Unmounts nbdfuse when dropped, even if a pass failed.
-struct NbdFuse {
-    mountpoint: PathBuf,
-    child: Child,
-}
+/// `nbdkit memory` on a Unix socket; stopped when dropped.
+struct Nbdkit(Child);
 
-impl Drop for NbdFuse {
+impl Drop for Nbdkit {
     fn drop(&mut self) {
-        let _ = Command::new(fusefs::mount::FUSERMOUNT)
-            .arg("-u")
-            .arg(&self.mountpoint)
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir(&self.mountpoint);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 fn run_nbdfuse(dir: &Path, expected: &[u8]) -> Result<Value, Error> {
-    let mountpoint = dir.join("nbdfuse");
-    std::fs::create_dir_all(&mountpoint)?;
-    let pidfile = dir.join("nbdfuse.pid");
-    let child = Command::new("nbdfuse")
-        .arg("-P")
-        .arg(&pidfile)
-        .arg(mountpoint.join("nbd"))
-        .args(["--command", "nbdkit", "-s", "--exit-with-parent", "memory"])
-        .arg(expected.len().to_string())
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("running nbdfuse: {e}"))?;
-    let mut guard = NbdFuse { mountpoint, child };
+    let socket = dir.join("nbdkit.sock");
+    let server = Nbdkit(
+        Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-U"])
+            .arg(&socket)
+            .arg("memory")
+            .arg(expected.len().to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("running nbdkit: {e}"))?,
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !pidfile.exists() {
-        if let Some(status) = guard.child.try_wait()? {
-            return Err(format!("nbdfuse exited early: {status}").into());
-        }
+    while !socket.exists() {
         if Instant::now() > deadline {
-            return Err("nbdfuse did not become ready within 20 s".into());
+            return Err("nbdkit did not listen within 20 s".into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let result = measure(&guard.mountpoint.join("nbd"), expected);
-    drop(guard);
-    let _ = std::fs::remove_file(pidfile);
+    let uri = format!("nbd+unix:///?socket={}", socket.display());
+    let options = NbdFuseOptions {
+        read_only: false,
+        ..NbdFuseOptions::default()
+    };
+    let fuse = NbdFuse::mount(Command::new(NBDFUSE), &dir.join("nbdfuse"), &uri, &options)?;
+    let result = measure(&fuse.path(), expected);
+    fuse.unmount()?;
+    drop(server);
     result
 }
 

@@ -41,6 +41,7 @@ pub mod cleanup;
 pub mod file;
 pub mod fs;
 pub mod mount;
+pub mod nbdfuse;
 pub mod options;
 pub mod stats;
 
