@@ -136,6 +136,79 @@ pub enum CellOutcome {
     Failed(String),
 }
 
+/// The link to the source for the cell, over `wire`, at the cell's RTT and
+/// rate; the emulator's lateness record starts afresh (cells run one at a
+/// time, so from here on it is this cell's). The source side, and across
+/// namespaces the connection to it, exists before the destination opens,
+/// as it would on a real source host.
+pub fn open_link(
+    ctx: &CellContext,
+    wire: crate::remote::Wire,
+) -> Result<(crate::remote::RemoteLink, Duration), String> {
+    let spec = ctx.spec;
+    let rtt = Duration::from_secs_f64(spec.rtt_ms.unwrap_or(0.0) / 1e3);
+    netem::timer::reset_lateness();
+    crate::remote::RemoteLink::open(
+        &ctx.source,
+        wire,
+        ctx.emulation,
+        ctx.network,
+        rtt,
+        spec.link_mbit.map(|mbit| mbit * 1_000_000),
+        ctx.runtime.handle(),
+    )
+    .map(|link| (link, rtt))
+    .map_err(|e| format!("opening the link to the source: {e}"))
+}
+
+/// What the link carried for a cell and how late its emulator delivered.
+#[derive(Debug)]
+pub struct LinkRecord {
+    pub transferred_bytes: Option<u64>,
+    pub emulator_error: Option<LatencyHistogram>,
+}
+
+impl LinkRecord {
+    /// Read from `link` before it closes.
+    pub fn of(link: &crate::remote::RemoteLink, ctx: &CellContext, rtt: Duration) -> Self {
+        let transferred_bytes = link
+            .transferred_bytes()
+            .map_err(|e| tracing::warn!(error = %e, "transferred bytes not recorded"))
+            .ok();
+        Self {
+            transferred_bytes,
+            emulator_error: emulator_error(ctx.emulation, rtt, link.relay_departure_error()),
+        }
+    }
+}
+
+impl Measured {
+    /// A cell whose region was a device the workload read through its
+    /// mapping: its requests are not timed one by one (the workload's own
+    /// access latencies are recorded instead).
+    pub fn device_read(
+        setup: Duration,
+        read: ReadOutcome,
+        link: LinkRecord,
+        device: &'static str,
+        other: BTreeMap<String, f64>,
+    ) -> Self {
+        Self {
+            setup,
+            workload: read.workload,
+            integrity: read.integrity,
+            integrity_scope: read.integrity_scope,
+            fault_latency: LatencyHistogram::new(),
+            faults: None,
+            transferred_bytes: link.transferred_bytes,
+            handler_cpus: BTreeMap::new(),
+            emulator_error: link.emulator_error,
+            device: Some(device),
+            other,
+        }
+    }
+}
+
 /// What delayed the bytes, as the cell can know it: the relay's departure
 /// error where packets are relayed, the in-process timer's wake error where
 /// that timer delays; the kernel's netem reports no such thing.

@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use chunks::PullHeuristic;
 use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegion};
-use results::LatencyHistogram;
 
 use super::{
-    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, IntegrityScope,
-    Measured, ReadOutcome,
+    open_link, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, IntegrityScope,
+    LinkRecord, Measured, ReadOutcome,
 };
 use crate::access_trace;
 use crate::remote::{RemoteLink, Wire, NBD_EXPORT};
@@ -164,19 +163,9 @@ fn run_mounted(
     if let Err(why) = mount::device::probe(mount_options().device.preference) {
         return CellOutcome::Skipped(format!("no device to mount on: {why}"));
     }
-    let rtt = Duration::from_secs_f64(spec.rtt_ms.unwrap_or(0.0) / 1e3);
-    netem::timer::reset_lateness();
-    let link = match RemoteLink::open(
-        &ctx.source,
-        wire,
-        ctx.emulation,
-        ctx.network,
-        rtt,
-        spec.link_mbit.map(|mbit| mbit * 1_000_000),
-        ctx.runtime.handle(),
-    ) {
-        Ok(link) => link,
-        Err(e) => return CellOutcome::Failed(format!("opening the link to the source: {e}")),
+    let (link, rtt) = match open_link(ctx, wire) {
+        Ok(opened) => opened,
+        Err(e) => return CellOutcome::Failed(e),
     };
 
     let setup_start = Instant::now();
@@ -219,11 +208,7 @@ fn run_mounted(
         }
         _ => read_and_verify(ctx, map.as_slice()),
     };
-    let ReadOutcome {
-        workload,
-        integrity,
-        integrity_scope,
-    } = match read {
+    let read = match read {
         Ok(r) => r,
         Err(e) => return CellOutcome::Failed(e),
     };
@@ -231,11 +216,7 @@ fn run_mounted(
     if let (Opened::Managed(m), false) = (&mounted, spec.workload == WorkloadKind::Idle) {
         record_pull(m, spec, ctx.deadline, &mut other);
     }
-    let transferred = link
-        .transferred_bytes()
-        .map_err(|e| tracing::warn!(error = %e, "transferred bytes not recorded"))
-        .ok();
-    let relay_error = link.relay_departure_error();
+    let carried = LinkRecord::of(&link, ctx, rtt);
     let closed = mounted.close();
     if let Err(e) = ctx.runtime.block_on(link.close()) {
         return CellOutcome::Failed(e);
@@ -243,21 +224,9 @@ fn run_mounted(
     if let Err(e) = closed {
         return CellOutcome::Failed(format!("closing the mount: {e}"));
     }
-    CellOutcome::Measured(Box::new(Measured {
-        setup,
-        workload,
-        integrity,
-        integrity_scope,
-        // The device's requests are not timed one by one; the workload's
-        // own access latencies are recorded instead.
-        fault_latency: LatencyHistogram::new(),
-        faults: None,
-        transferred_bytes: transferred,
-        handler_cpus: BTreeMap::new(),
-        emulator_error: emulator_error(ctx.emulation, rtt, relay_error),
-        device: Some(device),
-        other,
-    }))
+    CellOutcome::Measured(Box::new(Measured::device_read(
+        setup, read, carried, device, other,
+    )))
 }
 
 /// The `idle` workload: nothing reads while the background pull runs, so

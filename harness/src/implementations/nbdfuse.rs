@@ -6,16 +6,14 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fusefs::nbdfuse::{NbdFuse, NbdFuseOptions, NBDFUSE};
-use results::LatencyHistogram;
 
 use super::{
-    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured,
-    ReadOutcome,
+    open_link, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, LinkRecord, Measured,
 };
-use crate::remote::{RemoteLink, Wire, NBD_EXPORT};
+use crate::remote::{Wire, NBD_EXPORT};
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "nbdfuse",
@@ -37,19 +35,9 @@ fn run(ctx: &CellContext) -> CellOutcome {
     if !fusefs::device_available() {
         return CellOutcome::Skipped("/dev/fuse cannot be opened".into());
     }
-    let rtt = Duration::from_secs_f64(spec.rtt_ms.unwrap_or(0.0) / 1e3);
-    netem::timer::reset_lateness();
-    let link = match RemoteLink::open(
-        &ctx.source,
-        Wire::Nbd,
-        ctx.emulation,
-        ctx.network,
-        rtt,
-        spec.link_mbit.map(|mbit| mbit * 1_000_000),
-        ctx.runtime.handle(),
-    ) {
-        Ok(link) => link,
-        Err(e) => return CellOutcome::Failed(format!("opening the link to the source: {e}")),
+    let (link, rtt) = match open_link(ctx, Wire::Nbd) {
+        Ok(opened) => opened,
+        Err(e) => return CellOutcome::Failed(e),
     };
 
     let setup_start = Instant::now();
@@ -74,20 +62,12 @@ fn run(ctx: &CellContext) -> CellOutcome {
     };
     let setup = setup_start.elapsed();
 
-    let ReadOutcome {
-        workload,
-        integrity,
-        integrity_scope,
-    } = match read_and_verify(ctx, &map) {
+    let read = match read_and_verify(ctx, &map) {
         Ok(r) => r,
         Err(e) => return CellOutcome::Failed(e),
     };
     drop(map);
-    let transferred = link
-        .transferred_bytes()
-        .map_err(|e| tracing::warn!(error = %e, "transferred bytes not recorded"))
-        .ok();
-    let relay_error = link.relay_departure_error();
+    let carried = LinkRecord::of(&link, ctx, rtt);
     let unmounted = fuse.unmount();
     if let Err(e) = ctx.runtime.block_on(link.close()) {
         return CellOutcome::Failed(e);
@@ -95,19 +75,13 @@ fn run(ctx: &CellContext) -> CellOutcome {
     if let Err(e) = unmounted {
         return CellOutcome::Failed(format!("unmounting nbdfuse: {e}"));
     }
-    CellOutcome::Measured(Box::new(Measured {
+    CellOutcome::Measured(Box::new(Measured::device_read(
         setup,
-        workload,
-        integrity,
-        integrity_scope,
-        fault_latency: LatencyHistogram::new(),
-        faults: None,
-        transferred_bytes: transferred,
-        handler_cpus: BTreeMap::new(),
-        emulator_error: emulator_error(ctx.emulation, rtt, relay_error),
-        device: Some("nbdfuse"),
-        other: BTreeMap::new(),
-    }))
+        read,
+        carried,
+        "nbdfuse",
+        BTreeMap::new(),
+    )))
 }
 
 /// The whole file, mapped shared and read-only, after checking its size.

@@ -3,18 +3,18 @@
 //! remote on first touch and installed with `UFFDIO_COPY`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use backends::BlockingBackend;
 use results::LatencyHistogram;
 use uffd::{UffdConfig, UffdError, UffdRegion};
 
 use super::{
-    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured,
+    open_link, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, LinkRecord, Measured,
     ReadOutcome,
 };
 use crate::placement::handler_cpu;
-use crate::remote::{RemoteLink, Wire};
+use crate::remote::Wire;
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "uffd",
@@ -29,23 +29,9 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
 
 fn run(ctx: &CellContext) -> CellOutcome {
     let spec = ctx.spec;
-    let rtt = Duration::from_secs_f64(spec.rtt_ms.unwrap_or(0.0) / 1e3);
-    // Cells run one at a time, so the timer's record from here on is this cell's.
-    netem::timer::reset_lateness();
-
-    // The source side (and, across namespaces, the connection to it) exists
-    // before the destination opens, as it would on a real source host.
-    let link = match RemoteLink::open(
-        &ctx.source,
-        Wire::Rpc(spec.transport),
-        ctx.emulation,
-        ctx.network,
-        rtt,
-        spec.link_mbit.map(|mbit| mbit * 1_000_000),
-        ctx.runtime.handle(),
-    ) {
-        Ok(link) => link,
-        Err(e) => return CellOutcome::Failed(format!("opening the link to the source: {e}")),
+    let (link, rtt) = match open_link(ctx, Wire::Rpc(spec.transport)) {
+        Ok(opened) => opened,
+        Err(e) => return CellOutcome::Failed(e),
     };
     // Setup: learn the region's size from the remote (one round trip, as a
     // real destination must), map and register the region.
@@ -89,11 +75,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
     let handler_error = region.error();
     let stats = region.stats();
     drop(region);
-    let transferred = link
-        .transferred_bytes()
-        .map_err(|e| tracing::warn!(error = %e, "transferred bytes not recorded"))
-        .ok();
-    let relay_error = link.relay_departure_error();
+    let carried = LinkRecord::of(&link, ctx, rtt);
     if let Err(e) = ctx.runtime.block_on(link.close()) {
         return CellOutcome::Failed(e);
     }
@@ -108,7 +90,6 @@ fn run(ctx: &CellContext) -> CellOutcome {
         .iter()
         .map(|(cpu, n)| (cpu.to_string(), *n))
         .collect();
-    let emulator_error = emulator_error(ctx.emulation, rtt, relay_error);
     CellOutcome::Measured(Box::new(Measured {
         setup,
         workload,
@@ -116,9 +97,9 @@ fn run(ctx: &CellContext) -> CellOutcome {
         integrity_scope,
         fault_latency,
         faults: Some(stats.faults),
-        transferred_bytes: transferred,
+        transferred_bytes: carried.transferred_bytes,
         handler_cpus,
-        emulator_error,
+        emulator_error: carried.emulator_error,
         device: None,
         other: BTreeMap::new(),
     }))
