@@ -107,16 +107,26 @@ mod tests {
         assert_eq!(straddling, vec![0, 1]);
     }
 
-    #[test]
-    fn a_recorded_trace_is_the_order_of_first_touches() {
+    /// A runtime for the fault handler's fetches, or `None` (and why,
+    /// printed) where userfaultfd is unavailable.
+    fn uffd_runtime() -> Option<tokio::runtime::Runtime> {
         if !uffd::probe().available() {
             eprintln!("skipping: no userfaultfd here");
-            return;
+            return None;
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_recorded_trace_is_the_order_of_first_touches() {
+        let Some(runtime) = uffd_runtime() else {
+            return;
+        };
         let source = SourceImage::new(1 << 20, 3, Content::Pattern).unwrap();
         // Touch chunk 3, then 0, then 3 again, then 15 (64 KiB chunks).
         let trace = record_first_touch(&source, 64 << 10, runtime.handle(), |r| {
@@ -132,14 +142,9 @@ mod tests {
 
     #[test]
     fn a_recorded_sqlite_trace_starts_at_the_header() {
-        if !uffd::probe().available() {
-            eprintln!("skipping: no userfaultfd here");
+        let Some(runtime) = uffd_runtime() else {
             return;
-        }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
+        };
         let source = SourceImage::new(1 << 20, 3, Content::Sqlite).unwrap();
         let keys = crate::sqlite_app::lookup_keys(20, 1);
         let far = std::time::Instant::now() + std::time::Duration::from_secs(600);
