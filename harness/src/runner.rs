@@ -367,6 +367,9 @@ fn fill_measured(
         read_throughput_mib_s: (secs > 0.0 && w.bytes_read > 0 && !w.truncated)
             .then(|| w.bytes_read as f64 / (1024.0 * 1024.0) / secs),
         bytes_read: Some(w.bytes_read),
+        // Every workload reads so far.
+        write_throughput_mib_s: None,
+        bytes_written: None,
         transferred_bytes: m.transferred_bytes,
         transfer_amplification: m
             .transferred_bytes
