@@ -10,6 +10,10 @@
 //! process in `src` (`userspace-link`, `kernel-netem`). Each cell gets a
 //! fresh link, so no cell inherits another's connection state (congestion
 //! window, queues).
+//!
+//! A cell that writes gets a store of its own (the run's source image is
+//! shared), whose final contents [`RemoteLink::close`] reports as a
+//! SHA-256.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -70,6 +74,14 @@ impl FromStr for Wire {
     }
 }
 
+/// What the source's server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServeOptions {
+    /// The cell writes: serve a store of its own (the run's source image is
+    /// shared by every cell of its size) and report its final SHA-256.
+    pub writable: bool,
+}
+
 /// The task serving one wire until `shutdown`; resolves to what it carried
 /// (NBD counts payload bytes only).
 pub async fn serve_wire(
@@ -119,6 +131,8 @@ enum Server {
         task: JoinHandle<Result<ServeCounters, String>>,
         shutdown: CancellationToken,
         proxy: Option<netem::DelayProxy>,
+        /// The cell's own store, when it writes.
+        own_store: Option<Arc<backends::MemoryBackend>>,
     },
     /// A `remote-backend` role process in the `src` namespace, reached
     /// across the shaped link.
@@ -139,6 +153,17 @@ pub struct RemoteLink {
     dial: SocketAddr,
     wire: Wire,
     runtime: Handle,
+}
+
+/// What a closed link leaves: what the server did and what its store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// Requests the server answered.
+    pub requests: u64,
+    /// SHA-256 of the store after the server stopped: always from a role,
+    /// in process only for a writable link (a read-only one serves the
+    /// shared source image, whose hash is known).
+    pub store_sha256: Option<String>,
 }
 
 /// How long a role may take to start serving (it generates the region).
@@ -203,30 +228,39 @@ fn link_config() -> transports::TransportConfig {
 }
 
 impl RemoteLink {
-    /// Serves `image` over `wire` and connects a client to it across
-    /// `emulation` at `rtt` (`net` holds the namespaces of the packet-level
-    /// modes). Blocks on `runtime`: call it from outside the runtime. Across
-    /// namespaces the connection is opened by a task of `runtime`, whose
-    /// threads must live in `dst` (the runner builds it so).
+    /// Serves `image` over `wire` as `serve` says and connects a client to
+    /// it across `emulation` at `rtt` (`net` holds the namespaces of the
+    /// packet-level modes). Blocks on `runtime`: call it from outside the
+    /// runtime. Across namespaces the connection is opened by a task of
+    /// `runtime`, whose threads must live in `dst` (the runner builds it so).
     pub fn open(
         image: &SourceImage,
         wire: Wire,
+        serve: ServeOptions,
         emulation: Emulation,
         net: Option<&Namespaces>,
         rtt: Duration,
         runtime: &Handle,
     ) -> Result<Self, String> {
-        let source: SharedBackend = image.backend.clone();
+        if let Emulation::UserspaceLink | Emulation::KernelNetem = emulation {
+            let net = net.ok_or("the packet-level modes need the run's namespaces")?;
+            // The role makes its own store from the seed.
+            return Self::open_namespaced(net, image, wire, rtt, runtime);
+        }
+        let own_store = serve
+            .writable
+            .then(|| Arc::new(backends::MemoryBackend::from_bytes(image.bytes().to_vec())));
+        let served: SharedBackend = match &own_store {
+            Some(own) => own.clone(),
+            None => image.backend.clone(),
+        };
         match emulation {
-            Emulation::Inproc => Self::open_in_process(source, wire, rtt, rtt / 2, runtime),
             Emulation::PerCall => {
-                let delayed: SharedBackend = Arc::new(netem::PerCallDelay::new(source, rtt));
-                Self::open_in_process(delayed, wire, rtt, Duration::ZERO, runtime)
+                // The delay stands for the network, so it is outermost.
+                let delayed: SharedBackend = Arc::new(netem::PerCallDelay::new(served, rtt));
+                Self::open_in_process(delayed, own_store, wire, rtt, Duration::ZERO, runtime)
             }
-            Emulation::UserspaceLink | Emulation::KernelNetem => {
-                let net = net.ok_or("the packet-level modes need the run's namespaces")?;
-                Self::open_namespaced(net, image, wire, rtt, runtime)
-            }
+            _ => Self::open_in_process(served, own_store, wire, rtt, rtt / 2, runtime),
         }
     }
 
@@ -234,6 +268,7 @@ impl RemoteLink {
     /// or through a delay proxy of `one_way` each way when that is not zero.
     fn open_in_process(
         served: SharedBackend,
+        own_store: Option<Arc<backends::MemoryBackend>>,
         wire: Wire,
         rtt: Duration,
         one_way: Duration,
@@ -270,6 +305,7 @@ impl RemoteLink {
             task,
             shutdown,
             proxy,
+            own_store,
         };
         Self::connect(server, dial, wire, rtt, runtime)
     }
@@ -416,8 +452,9 @@ impl RemoteLink {
         Some(h)
     }
 
-    /// Closes the client and stops the server; returns the requests served.
-    pub async fn close(self) -> Result<u64, String> {
+    /// Closes the client and stops the server; returns what it served and
+    /// what its store holds.
+    pub async fn close(self) -> Result<Closed, String> {
         drop(self.guarded);
         drop(self.client);
         match self.server {
@@ -425,12 +462,27 @@ impl RemoteLink {
                 task,
                 shutdown,
                 proxy,
+                own_store,
             } => {
                 shutdown.cancel();
                 let served = tokio::time::timeout(Duration::from_secs(10), task).await;
                 drop(proxy);
                 match served {
-                    Ok(Ok(Ok(stats))) => Ok(stats.requests),
+                    Ok(Ok(Ok(stats))) => Ok(Closed {
+                        requests: stats.requests,
+                        // Hashed off the runtime's threads: a large store
+                        // takes a while.
+                        store_sha256: match own_store {
+                            Some(store) => Some(
+                                tokio::task::spawn_blocking(move || {
+                                    crate::source::sha256_hex(&store.bytes())
+                                })
+                                .await
+                                .map_err(|e| format!("hashing the source's store: {e}"))?,
+                            ),
+                            None => None,
+                        },
+                    }),
                     Ok(Ok(Err(e))) => Err(format!("the remote server failed: {e}")),
                     Ok(Err(e)) => Err(format!("the remote server task failed: {e}")),
                     Err(_) => Err(
@@ -447,7 +499,14 @@ impl RemoteLink {
                         .map_err(|e| e.to_string())?;
                 link.stop()?;
                 match stopped {
-                    RoleEvent::Stopped { serve, .. } => Ok(serve.requests),
+                    RoleEvent::Stopped {
+                        serve,
+                        store_sha256,
+                        ..
+                    } => Ok(Closed {
+                        requests: serve.requests,
+                        store_sha256,
+                    }),
                     other => Err(format!("the remote backend role ended with {other:?}")),
                 }
             }
@@ -504,8 +563,16 @@ mod tests {
             ]
         });
         for (kind, mode, rtt) in cases {
-            let link =
-                RemoteLink::open(&image, Wire::Rpc(kind), mode, None, rtt, rt.handle()).unwrap();
+            let link = RemoteLink::open(
+                &image,
+                Wire::Rpc(kind),
+                ServeOptions::default(),
+                mode,
+                None,
+                rtt,
+                rt.handle(),
+            )
+            .unwrap();
             let client = link.client().unwrap();
             let mut got = vec![0u8; bytes.len()];
             let start = std::time::Instant::now();
@@ -517,8 +584,9 @@ mod tests {
             assert_eq!(got, bytes, "{kind} {mode:?}");
             assert!(link.transferred_bytes().unwrap() > bytes.len() as u64);
             drop(client);
-            let requests = rt.block_on(link.close()).unwrap();
-            assert!(requests >= 1, "{kind} {mode:?}: {requests} requests");
+            let closed = rt.block_on(link.close()).unwrap();
+            assert!(closed.requests >= 1, "{kind} {mode:?}: {closed:?}");
+            assert_eq!(closed.store_sha256, None, "a read-only link hashes nothing");
         }
     }
 
@@ -527,8 +595,16 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let image = SourceImage::new(256 * 1024, 4);
         let rtt = Duration::from_millis(2);
-        let link =
-            RemoteLink::open(&image, Wire::Nbd, Emulation::Inproc, None, rtt, rt.handle()).unwrap();
+        let link = RemoteLink::open(
+            &image,
+            Wire::Nbd,
+            ServeOptions::default(),
+            Emulation::Inproc,
+            None,
+            rtt,
+            rt.handle(),
+        )
+        .unwrap();
         assert!(link.client().unwrap_err().contains("dial"));
         let stream = link.dial().unwrap();
         let got = rt.block_on(async {
@@ -540,7 +616,7 @@ mod tests {
         });
         assert_eq!(got, &image.bytes()[..]);
         assert!(link.transferred_bytes().unwrap() > got.len() as u64);
-        assert!(rt.block_on(link.close()).unwrap() >= 1);
+        assert!(rt.block_on(link.close()).unwrap().requests >= 1);
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct Descriptor {
     pub needs: &'static [&'static str],
     /// The wire to the source when it is fixed (not the transport axis).
     pub wire: Option<crate::remote::Wire>,
+    /// Why the application's writes cannot reach the source through this
+    /// implementation, when they cannot: its cells of write workloads are
+    /// skipped with this reason.
+    pub read_only: Option<&'static str>,
     pub run: fn(&CellContext) -> CellOutcome,
 }
 
@@ -100,6 +104,10 @@ pub enum IntegrityScope {
     /// Every byte the application read, compared with the source (used
     /// when the workload did not read the whole region).
     AccessedBytes,
+    /// What the writes went into (the source's store; for `baseline`, the
+    /// local region) after the flush, by SHA-256, against the source's
+    /// bytes with every completed write applied.
+    AfterWrites { sha256: String },
 }
 
 /// What a measured cell reports.
@@ -184,6 +192,39 @@ pub fn read_and_verify(ctx: &CellContext, region: &[u8]) -> Result<ReadOutcome, 
         workload,
         integrity,
         integrity_scope,
+    })
+}
+
+/// What a write workload did, and what its target must hold after it.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub workload: WorkloadOutcome,
+    /// SHA-256 of the source's bytes with every completed write applied.
+    pub expected_sha256: String,
+}
+
+/// Runs the cell's write workload on `region`, its thread placed as the
+/// cell says, flushes it (`msync`), and works out what the writes' target
+/// must hold now.
+pub fn write_and_expect(
+    ctx: &CellContext,
+    region: &mut memmap2::MmapMut,
+) -> Result<WriteOutcome, String> {
+    let spec = ctx.spec;
+    let access = spec.access_bytes as usize;
+    let source_guard = ctx.source.bytes();
+    let source: &[u8] = &source_guard;
+    let workload = crate::placement::run_workload_placed(spec.placement, || {
+        crate::workload::run_writes(region, source, ctx.order, access, ctx.deadline, |r| {
+            r.flush()
+                .map_err(|e| format!("flushing the region (msync): {e}"))
+        })
+    })??;
+    let expected =
+        crate::workload::expected_after_writes(source, ctx.order, workload.accesses, access);
+    Ok(WriteOutcome {
+        workload,
+        expected_sha256: crate::source::sha256_hex(&expected),
     })
 }
 

@@ -8,19 +8,23 @@
 //!   service over the cell's transport.
 //! - `mount-managed`: the same with the managed pipeline in between: whole
 //!   chunks, a local cache, a background puller started before the device.
+//!
+//! Write workloads write through the `MAP_SHARED` mapping and flush it
+//! (`msync`); once the mount and the link are closed, the source's store
+//! must hold the source's bytes with the writes applied.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chunks::PullHeuristic;
-use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegion};
+use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegion, RegionMap};
 use results::LatencyHistogram;
 
 use super::{
-    emulator_error, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured,
-    ReadOutcome,
+    emulator_error, read_and_verify, write_and_expect, Axis, CellContext, CellOutcome, Descriptor,
+    IntegrityScope, Measured, ReadOutcome, WriteOutcome,
 };
-use crate::remote::{RemoteLink, Wire, NBD_EXPORT};
+use crate::remote::{RemoteLink, ServeOptions, Wire, NBD_EXPORT};
 use crate::scenario::PullHeuristic as PullOrder;
 
 pub const NBD_DIRECT: Descriptor = Descriptor {
@@ -29,6 +33,7 @@ pub const NBD_DIRECT: Descriptor = Descriptor {
     axes: &[Axis::Rtt, Axis::Placement],
     needs: &[],
     wire: Some(Wire::Nbd),
+    read_only: None,
     run: run_nbd_direct,
 };
 
@@ -38,6 +43,7 @@ pub const MOUNT_DIRECT: Descriptor = Descriptor {
     axes: &[Axis::Rtt, Axis::Placement, Axis::Transport],
     needs: &[],
     wire: None,
+    read_only: None,
     run: run_mount_direct,
 };
 
@@ -54,6 +60,7 @@ pub const MOUNT_MANAGED: Descriptor = Descriptor {
     ],
     needs: &[],
     wire: None,
+    read_only: None,
     run: run_managed,
 };
 
@@ -98,6 +105,13 @@ fn run_mount_direct(ctx: &CellContext) -> CellOutcome {
             .map(Opened::Direct)
             .map_err(|e| format!("opening the direct mount: {e}"))
     })
+}
+
+/// How the source serves a cell: a store of its own when the cell writes.
+fn serve_options(spec: &crate::scenario::CellSpec) -> ServeOptions {
+    ServeOptions {
+        writable: spec.workload.writes(),
+    }
 }
 
 fn run_managed(ctx: &CellContext) -> CellOutcome {
@@ -165,6 +179,7 @@ fn run_mounted(
     let link = match RemoteLink::open(
         &ctx.source,
         wire,
+        serve_options(spec),
         ctx.emulation,
         ctx.network,
         rtt,
@@ -188,7 +203,7 @@ fn run_mounted(
             spec.region_bytes
         ));
     }
-    let map = match region.map() {
+    let mut map = match region.map() {
         Ok(m) => m,
         Err(e) => return CellOutcome::Failed(format!("mapping the mount: {e}")),
     };
@@ -203,13 +218,30 @@ fn run_mounted(
             local as f64 / f64::from(1 << 20),
         );
     }
-    let ReadOutcome {
-        workload,
-        integrity,
-        integrity_scope,
-    } = match read_and_verify(ctx, map.as_slice()) {
-        Ok(r) => r,
-        Err(e) => return CellOutcome::Failed(e),
+    // A read is checked against the source now; a write only once the
+    // link is closed and the source's store says what it holds.
+    let (workload, verdict) = if spec.workload.writes() {
+        let RegionMap::ReadWrite(writable) = &mut map else {
+            return CellOutcome::Failed(format!(
+                "the {device} device was mapped read-only; a write workload needs it writable"
+            ));
+        };
+        match write_and_expect(ctx, writable) {
+            Ok(WriteOutcome {
+                workload,
+                expected_sha256,
+            }) => (workload, Verdict::StoreMustHold(expected_sha256)),
+            Err(e) => return CellOutcome::Failed(e),
+        }
+    } else {
+        match read_and_verify(ctx, map.as_slice()) {
+            Ok(ReadOutcome {
+                workload,
+                integrity,
+                integrity_scope,
+            }) => (workload, Verdict::Checked(integrity, integrity_scope)),
+            Err(e) => return CellOutcome::Failed(e),
+        }
     };
     drop(map);
     if let Opened::Managed(m) = &mounted {
@@ -220,13 +252,25 @@ fn run_mounted(
         .map_err(|e| tracing::warn!(error = %e, "transferred bytes not recorded"))
         .ok();
     let relay_error = link.relay_departure_error();
-    let closed = mounted.close();
-    if let Err(e) = ctx.runtime.block_on(link.close()) {
-        return CellOutcome::Failed(e);
-    }
-    if let Err(e) = closed {
+    let unmounted = mounted.close();
+    let closed = match ctx.runtime.block_on(link.close()) {
+        Ok(c) => c,
+        Err(e) => return CellOutcome::Failed(e),
+    };
+    if let Err(e) = unmounted {
         return CellOutcome::Failed(format!("closing the mount: {e}"));
     }
+    let (integrity, integrity_scope) = match verdict {
+        Verdict::Checked(integrity, scope) => (integrity, scope),
+        Verdict::StoreMustHold(expected) => match closed.store_sha256 {
+            Some(sha256) => (sha256 == expected, IntegrityScope::AfterWrites { sha256 }),
+            None => {
+                return CellOutcome::Failed(
+                    "the source's server did not report what its store holds".into(),
+                )
+            }
+        },
+    };
     CellOutcome::Measured(Box::new(Measured {
         setup,
         workload,
@@ -242,6 +286,14 @@ fn run_mounted(
         device: Some(device),
         other,
     }))
+}
+
+/// How a cell's integrity is settled.
+enum Verdict {
+    /// Read cells: checked against the source while the region was mapped.
+    Checked(bool, IntegrityScope),
+    /// Write cells: the source's store must have this SHA-256 once closed.
+    StoreMustHold(String),
 }
 
 /// The background pull's rate, and how close it came to what its workers

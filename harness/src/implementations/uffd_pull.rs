@@ -14,7 +14,7 @@ use super::{
     ReadOutcome,
 };
 use crate::placement::handler_cpu;
-use crate::remote::{RemoteLink, Wire};
+use crate::remote::{RemoteLink, ServeOptions, Wire};
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "uffd",
@@ -24,6 +24,9 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     // userfaultfd and reports the kernel's reason when none works.
     needs: &[],
     wire: None,
+    read_only: Some(
+        "it pulls pages on fault; writes stay in the destination's region and nothing pushes them to the source",
+    ),
     run,
 };
 
@@ -38,6 +41,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
     let link = match RemoteLink::open(
         &ctx.source,
         Wire::Rpc(spec.transport),
+        ServeOptions::default(),
         ctx.emulation,
         ctx.network,
         rtt,

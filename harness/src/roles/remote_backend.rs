@@ -3,9 +3,11 @@
 //! as an NBD export (`nbd`), on a TCP listener until told to stop. Region cells across namespaces and the
 //! `transport-sweep` scenario run one per cell in the `src` namespace.
 //!
-//! Its `stopped` event reports what the server carried and the CPU seconds
-//! the process used while serving: counted from `ready`, so generating and
-//! hashing the region is not charged to the transport.
+//! Its `stopped` event reports what the server carried, the CPU seconds
+//! the process used while serving (counted from `ready`, so generating and
+//! hashing the region is not charged to the transport), and the SHA-256 of
+//! the store after the server stopped, so the runner can check that a
+//! cell's writes arrived.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -94,9 +96,11 @@ fn serve(args: RemoteBackendArgs) -> anyhow::Result<()> {
         .context("the server task failed")?
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("serving {}", args.transport))?;
+    let cpu_s = crate::host::process_cpu_seconds() - cpu_at_ready;
     emit(&RoleEvent::Stopped {
         serve: stats,
-        cpu_s: crate::host::process_cpu_seconds() - cpu_at_ready,
+        cpu_s,
+        store_sha256: Some(crate::source::sha256_hex(&image.bytes())),
     })?;
     Ok(())
 }
