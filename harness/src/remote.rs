@@ -11,9 +11,11 @@
 //! fresh link, so no cell inherits another's connection state (congestion
 //! window, queues).
 //!
-//! A cell that writes gets a store of its own (the run's source image is
-//! shared), whose final contents [`RemoteLink::close`] reports as a
-//! SHA-256.
+//! The server serves a store of the source's bytes, which may take only
+//! whole chunks ([`StoreChunking`], thesis 3.5.2): then either the client
+//! cuts requests before the wire, or the server cuts them next to the
+//! store. A cell that writes gets a store of its own, whose final contents
+//! [`RemoteLink::close`] reports as a SHA-256.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::network::{symmetric_link, Namespaces, ShapedLink};
 use crate::roles::child::RoleProcess;
 use crate::roles::protocol::{RoleEvent, ServeCounters};
 use crate::roles::remote_backend::transport_config;
+use crate::scenario::ChunkingSide;
 use crate::source::SourceImage;
 
 /// What the source is served over: one of the RPC transports, or NBD (for
@@ -74,9 +77,74 @@ impl FromStr for Wire {
     }
 }
 
+/// How the source's store takes accesses, and who cuts requests to fit
+/// (thesis 3.5.2: a tape drive, or any backend that must see fixed blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreChunking {
+    /// The store takes any offset and length.
+    #[default]
+    Any,
+    /// The store takes only whole, aligned chunks and the server passes
+    /// requests through unchanged: the client must cut them, and a request
+    /// that is not whole chunks fails.
+    ClientCuts { chunk_bytes: u64 },
+    /// The same store, and the server cuts every request into its chunks,
+    /// read-modify-writing partial ones next to the data.
+    ServerCuts { chunk_bytes: u64 },
+}
+
+impl StoreChunking {
+    /// The store a cell with chunking `side` and chunks of `chunk_bytes`
+    /// talks to.
+    pub fn of(side: ChunkingSide, chunk_bytes: u64) -> Self {
+        match side {
+            ChunkingSide::Unchunked => StoreChunking::Any,
+            ChunkingSide::Client => StoreChunking::ClientCuts { chunk_bytes },
+            ChunkingSide::Server => StoreChunking::ServerCuts { chunk_bytes },
+        }
+    }
+
+    /// What the server serves over the wire in front of `store` (of `size`
+    /// bytes). Both chunked variants put the same whole-chunk guard on the
+    /// store, so they differ only in where requests are cut.
+    pub fn serve(self, store: SharedBackend, size: u64) -> Result<SharedBackend, String> {
+        let geometry = |chunk_bytes: u64| {
+            chunks::ChunkGeometry::new(chunk_bytes, size)
+                .map_err(|e| format!("chunks of the source's store: {e}"))
+        };
+        Ok(match self {
+            StoreChunking::Any => store,
+            StoreChunking::ClientCuts { chunk_bytes } => Arc::new(
+                chunks::ChunkedReadWriterAt::with_geometry(store, geometry(chunk_bytes)?),
+            ),
+            StoreChunking::ServerCuts { chunk_bytes } => {
+                let g = geometry(chunk_bytes)?;
+                let guarded = Arc::new(chunks::ChunkedReadWriterAt::with_geometry(store, g));
+                Arc::new(chunks::ArbitraryReadWriterAt::with_geometry(guarded, g))
+            }
+        })
+    }
+
+    /// The `remote-backend` role's arguments that make it serve this way.
+    pub fn role_args(self) -> Vec<String> {
+        let (side, chunk_bytes) = match self {
+            StoreChunking::Any => return Vec::new(),
+            StoreChunking::ClientCuts { chunk_bytes } => ("client", chunk_bytes),
+            StoreChunking::ServerCuts { chunk_bytes } => ("server", chunk_bytes),
+        };
+        vec![
+            "--chunking".into(),
+            side.into(),
+            "--chunk-bytes".into(),
+            chunk_bytes.to_string(),
+        ]
+    }
+}
+
 /// What the source's server serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ServeOptions {
+    pub chunking: StoreChunking,
     /// The cell writes: serve a store of its own (the run's source image is
     /// shared by every cell of its size) and report its final SHA-256.
     pub writable: bool,
@@ -245,15 +313,17 @@ impl RemoteLink {
         if let Emulation::UserspaceLink | Emulation::KernelNetem = emulation {
             let net = net.ok_or("the packet-level modes need the run's namespaces")?;
             // The role makes its own store from the seed.
-            return Self::open_namespaced(net, image, wire, rtt, runtime);
+            return Self::open_namespaced(net, image, wire, serve.chunking, rtt, runtime);
         }
         let own_store = serve
             .writable
             .then(|| Arc::new(backends::MemoryBackend::from_bytes(image.bytes().to_vec())));
-        let served: SharedBackend = match &own_store {
+        let store: SharedBackend = match &own_store {
             Some(own) => own.clone(),
             None => image.backend.clone(),
         };
+        let size = image.bytes().len() as u64;
+        let served = serve.chunking.serve(store, size)?;
         match emulation {
             Emulation::PerCall => {
                 // The delay stands for the network, so it is outermost.
@@ -353,6 +423,7 @@ impl RemoteLink {
         net: &Namespaces,
         image: &SourceImage,
         wire: Wire,
+        chunking: StoreChunking,
         rtt: Duration,
         runtime: &Handle,
     ) -> Result<Self, String> {
@@ -367,6 +438,7 @@ impl RemoteLink {
         command.arg(format!("{}:0", topo.src_addr()));
         command.args(["--size", &image.bytes().len().to_string()]);
         command.args(["--seed", &image.seed.to_string()]);
+        command.args(chunking.role_args());
         let mut role = RoleProcess::spawn("remote-backend", command).map_err(|e| e.to_string())?;
         let addr = match role
             .next_event(ROLE_READY_TIMEOUT)
@@ -517,6 +589,7 @@ impl RemoteLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::sha256_hex;
 
     /// A backend whose calls never complete.
     #[derive(Debug)]
@@ -588,6 +661,78 @@ mod tests {
             assert!(closed.requests >= 1, "{kind} {mode:?}: {closed:?}");
             assert_eq!(closed.store_sha256, None, "a read-only link hashes nothing");
         }
+    }
+
+    #[test]
+    fn a_chunked_store_is_cut_by_the_client_or_by_the_server() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let image = SourceImage::new(64 * 1024, 5);
+        let chunk = 16 * 1024;
+        let open = |chunking| {
+            let serve = ServeOptions {
+                chunking,
+                writable: true,
+            };
+            let mode = Emulation::Inproc;
+            RemoteLink::open(
+                &image,
+                Wire::Rpc(TransportKind::Frpc),
+                serve,
+                mode,
+                None,
+                Duration::ZERO,
+                rt.handle(),
+            )
+            .unwrap()
+        };
+        // A patch inside chunk 1: not a whole chunk.
+        let patch = vec![0xA5u8; 100];
+        let mut expected = image.bytes().to_vec();
+        expected[20_000..20_100].copy_from_slice(&patch);
+
+        let client_cuts = open(StoreChunking::ClientCuts { chunk_bytes: chunk });
+        let remote = client_cuts.client().unwrap();
+        let refused = rt.block_on(remote.write_at(&patch, 20_000)).unwrap_err();
+        assert!(refused.to_string().contains("16384"), "{refused}");
+        // Cut on this side, it passes: whole chunks only reach the wire.
+        let cut = rt
+            .block_on(chunks::ArbitraryReadWriterAt::new(remote.clone(), chunk))
+            .unwrap();
+        rt.block_on(cut.write_at(&patch, 20_000)).unwrap();
+        drop((cut, remote));
+        let closed = rt.block_on(client_cuts.close()).unwrap();
+        assert_eq!(closed.store_sha256, Some(sha256_hex(&expected)));
+
+        let server_cuts = open(StoreChunking::ServerCuts { chunk_bytes: chunk });
+        let remote = server_cuts.client().unwrap();
+        rt.block_on(remote.write_at(&patch, 20_000)).unwrap();
+        let mut back = vec![0u8; 300];
+        rt.block_on(remote.read_exact_at(&mut back, 19_900))
+            .unwrap();
+        assert_eq!(back, expected[19_900..20_200]);
+        drop(remote);
+        let closed = rt.block_on(server_cuts.close()).unwrap();
+        assert_eq!(closed.store_sha256, Some(sha256_hex(&expected)));
+
+        // The writes went to the cells' own stores, not the shared image.
+        assert_eq!(sha256_hex(&image.bytes()), image.sha256);
+    }
+
+    #[test]
+    fn chunking_becomes_the_roles_arguments() {
+        assert!(StoreChunking::Any.role_args().is_empty());
+        assert_eq!(
+            StoreChunking::of(ChunkingSide::Server, 4096).role_args(),
+            ["--chunking", "server", "--chunk-bytes", "4096"]
+        );
+        assert_eq!(
+            StoreChunking::of(ChunkingSide::Client, 65536),
+            StoreChunking::ClientCuts { chunk_bytes: 65536 }
+        );
+        assert_eq!(
+            StoreChunking::of(ChunkingSide::Unchunked, 65536),
+            StoreChunking::Any
+        );
     }
 
     #[test]

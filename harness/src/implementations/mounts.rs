@@ -9,6 +9,13 @@
 //! - `mount-managed`: the same with the managed pipeline in between: whole
 //!   chunks, a local cache, a background puller started before the device.
 //!
+//! `mount-direct` also varies where requests are cut into chunks for a
+//! source whose store takes only whole chunks (thesis 3.5.2): on the client
+//! (an [`ArbitraryReadWriterAt`] in front of the remote client) or on the
+//! server (the source's server cuts them next to its store). The managed
+//! mount is left off that axis: its cache, pulls and pushes are whole chunks
+//! by construction, so it always cuts on the client.
+//!
 //! Write workloads write through the `MAP_SHARED` mapping and flush it
 //! (`msync`); once the mount and the link are closed, the source's store
 //! must hold the source's bytes with the writes applied.
@@ -16,7 +23,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chunks::PullHeuristic;
+use std::sync::Arc;
+
+use backends::SharedBackend;
+use chunks::{ArbitraryReadWriterAt, ChunkGeometry, PullHeuristic};
 use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegion, RegionMap};
 use results::LatencyHistogram;
 
@@ -24,8 +34,8 @@ use super::{
     emulator_error, read_and_verify, write_and_expect, Axis, CellContext, CellOutcome, Descriptor,
     IntegrityScope, Measured, ReadOutcome, WriteOutcome,
 };
-use crate::remote::{RemoteLink, ServeOptions, Wire, NBD_EXPORT};
-use crate::scenario::PullHeuristic as PullOrder;
+use crate::remote::{RemoteLink, ServeOptions, StoreChunking, Wire, NBD_EXPORT};
+use crate::scenario::{ChunkingSide, PullHeuristic as PullOrder};
 
 pub const NBD_DIRECT: Descriptor = Descriptor {
     name: "nbd-direct",
@@ -39,8 +49,14 @@ pub const NBD_DIRECT: Descriptor = Descriptor {
 
 pub const MOUNT_DIRECT: Descriptor = Descriptor {
     name: "mount-direct",
-    summary: "a local NBD server + client whose backend is the source's service over a transport, shown as a device and mmap'ed",
-    axes: &[Axis::Rtt, Axis::Placement, Axis::Transport],
+    summary: "a local NBD server + client whose backend is the source's service over a transport, shown as a device and mmap'ed; requests cut into chunks on the client, the server, or not at all",
+    axes: &[
+        Axis::Rtt,
+        Axis::ChunkSize,
+        Axis::Placement,
+        Axis::Transport,
+        Axis::Chunking,
+    ],
     needs: &[],
     wire: None,
     read_only: None,
@@ -100,16 +116,37 @@ fn run_nbd_direct(ctx: &CellContext) -> CellOutcome {
 }
 
 fn run_mount_direct(ctx: &CellContext) -> CellOutcome {
-    run_mounted(ctx, Wire::Rpc(ctx.spec.transport), |link, ctx| {
-        DirectMount::open(link.client()?, mount_options(), ctx.runtime.handle())
+    let spec = ctx.spec;
+    run_mounted(ctx, Wire::Rpc(spec.transport), |link, ctx| {
+        let remote = link.client()?;
+        let backend: SharedBackend = match spec.chunking {
+            ChunkingSide::Client => {
+                // The cell knows the region's size; asking the remote here
+                // would add a round trip the other sides do not pay. The
+                // mount checks the size the remote reports.
+                let geometry = ChunkGeometry::new(spec.chunk_bytes, spec.region_bytes)
+                    .map_err(|e| format!("chunking on the client: {e}"))?;
+                Arc::new(ArbitraryReadWriterAt::with_geometry(remote, geometry))
+            }
+            ChunkingSide::Server | ChunkingSide::Unchunked => remote,
+        };
+        DirectMount::open(backend, mount_options(), ctx.runtime.handle())
             .map(Opened::Direct)
             .map_err(|e| format!("opening the direct mount: {e}"))
     })
 }
 
-/// How the source serves a cell: a store of its own when the cell writes.
+/// How the source serves a cell: its store chunked as the cell's chunking
+/// axis says (for implementations that vary it), a store of its own when
+/// the cell writes.
 fn serve_options(spec: &crate::scenario::CellSpec) -> ServeOptions {
+    let chunking = if spec.implementation.axes.contains(&Axis::Chunking) {
+        StoreChunking::of(spec.chunking, spec.chunk_bytes)
+    } else {
+        StoreChunking::Any
+    };
     ServeOptions {
+        chunking,
         writable: spec.workload.writes(),
     }
 }
