@@ -10,6 +10,12 @@
 //! process in `src` (`userspace-link`, `kernel-netem`). Each cell gets a
 //! fresh link, so no cell inherits another's connection state (congestion
 //! window, queues).
+//!
+//! The server serves a store of the source's bytes, which may take only
+//! whole chunks ([`StoreChunking`], thesis 3.5.2): then either the client
+//! cuts requests before the wire, or the server cuts them next to the
+//! store. A cell that writes gets a store of its own, whose final contents
+//! [`RemoteLink::close`] reports as a SHA-256.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,6 +35,7 @@ use crate::network::{symmetric_link, Namespaces, ShapedLink};
 use crate::roles::child::RoleProcess;
 use crate::roles::protocol::{RoleEvent, ServeCounters};
 use crate::roles::remote_backend::transport_config;
+use crate::scenario::ChunkingSide;
 use crate::source::SourceImage;
 
 /// What the source is served over: one of the RPC transports, or NBD (for
@@ -68,6 +75,87 @@ impl FromStr for Wire {
             .map(Wire::Rpc)
             .map_err(|_| format!("unknown wire {s:?}; allowed: jsonl, grpc, frpc, tarpc, raw, nbd"))
     }
+}
+
+/// How the source's store takes accesses, and who cuts requests to fit
+/// (thesis 3.5.2: a tape drive, or any backend that must see fixed blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreChunking {
+    /// The store takes any offset and length.
+    #[default]
+    Any,
+    /// The store takes only whole, aligned chunks and the server passes
+    /// requests through unchanged: the client must cut them, and a request
+    /// that is not whole chunks fails.
+    ClientCuts { chunk_bytes: u64 },
+    /// The same store, and the server cuts every request into its chunks,
+    /// read-modify-writing partial ones next to the data.
+    ServerCuts { chunk_bytes: u64 },
+}
+
+impl StoreChunking {
+    /// The store a cell with chunking `side` and chunks of `chunk_bytes`
+    /// talks to.
+    pub fn of(side: ChunkingSide, chunk_bytes: u64) -> Self {
+        match side {
+            ChunkingSide::Unchunked => StoreChunking::Any,
+            ChunkingSide::Client => StoreChunking::ClientCuts { chunk_bytes },
+            ChunkingSide::Server => StoreChunking::ServerCuts { chunk_bytes },
+        }
+    }
+
+    /// What the server serves over the wire in front of `store` (of `size`
+    /// bytes). Both chunked variants put the same whole-chunk guard on the
+    /// store, so they differ only in where requests are cut.
+    pub fn serve(self, store: SharedBackend, size: u64) -> Result<SharedBackend, String> {
+        let geometry = |chunk_bytes: u64| {
+            chunks::ChunkGeometry::new(chunk_bytes, size)
+                .map_err(|e| format!("chunks of the source's store: {e}"))
+        };
+        Ok(match self {
+            StoreChunking::Any => store,
+            StoreChunking::ClientCuts { chunk_bytes } => Arc::new(
+                chunks::ChunkedReadWriterAt::with_geometry(store, geometry(chunk_bytes)?),
+            ),
+            StoreChunking::ServerCuts { chunk_bytes } => {
+                let g = geometry(chunk_bytes)?;
+                let guarded = Arc::new(chunks::ChunkedReadWriterAt::with_geometry(store, g));
+                Arc::new(chunks::ArbitraryReadWriterAt::with_geometry(guarded, g))
+            }
+        })
+    }
+
+    /// The `remote-backend` role's arguments that make it serve this way.
+    pub fn role_args(self) -> Vec<String> {
+        let (side, chunk_bytes) = match self {
+            StoreChunking::Any => return Vec::new(),
+            StoreChunking::ClientCuts { chunk_bytes } => ("client", chunk_bytes),
+            StoreChunking::ServerCuts { chunk_bytes } => ("server", chunk_bytes),
+        };
+        vec![
+            "--chunking".into(),
+            side.into(),
+            "--chunk-bytes".into(),
+            chunk_bytes.to_string(),
+        ]
+    }
+}
+
+/// The link between a cell's destination and its source.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LinkShape {
+    pub rtt: Duration,
+    /// Each direction's rate limit, bits per second; `None` for none.
+    pub rate_bps: Option<u64>,
+}
+
+/// What the source's server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServeOptions {
+    pub chunking: StoreChunking,
+    /// The cell writes: serve a store of its own (the run's source image is
+    /// shared by every cell of its size) and report its final SHA-256.
+    pub writable: bool,
 }
 
 /// The task serving one wire until `shutdown`; resolves to what it carried
@@ -119,6 +207,8 @@ enum Server {
         task: JoinHandle<Result<ServeCounters, String>>,
         shutdown: CancellationToken,
         proxy: Option<netem::DelayProxy>,
+        /// The cell's own store, when it writes.
+        own_store: Option<Arc<backends::MemoryBackend>>,
     },
     /// A `remote-backend` role process in the `src` namespace, reached
     /// across the shaped link.
@@ -139,6 +229,17 @@ pub struct RemoteLink {
     dial: SocketAddr,
     wire: Wire,
     runtime: Handle,
+}
+
+/// What a closed link leaves: what the server did and what its store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// Requests the server answered.
+    pub requests: u64,
+    /// SHA-256 of the store after the server stopped: always from a role,
+    /// in process only for a writable link (a read-only one serves the
+    /// shared source image, whose hash is known).
+    pub store_sha256: Option<String>,
 }
 
 /// How long a role may take to start serving (it generates the region).
@@ -203,37 +304,48 @@ fn link_config() -> transports::TransportConfig {
 }
 
 impl RemoteLink {
-    /// Serves `image` over `wire` and connects a client to it across
-    /// `emulation` at `rtt`, the link limited to `rate_bps` each way when
-    /// given (only the packet-level modes can; `net` holds their
-    /// namespaces). Blocks on `runtime`: call it from outside the runtime. Across
-    /// namespaces the connection is opened by a task of `runtime`, whose
-    /// threads must live in `dst` (the runner builds it so).
+    /// Serves `image` over `wire` as `serve` says and connects a client to
+    /// it across `emulation` shaped as `shape` (a rate only the
+    /// packet-level modes can give; `net` holds their namespaces). Blocks
+    /// on `runtime`: call it from outside the runtime. Across namespaces
+    /// the connection is opened by a task of `runtime`, whose threads must
+    /// live in `dst` (the runner builds it so).
     pub fn open(
         image: &SourceImage,
         wire: Wire,
+        serve: ServeOptions,
         emulation: Emulation,
         net: Option<&Namespaces>,
-        rtt: Duration,
-        rate_bps: Option<u64>,
+        shape: LinkShape,
         runtime: &Handle,
     ) -> Result<Self, String> {
-        if rate_bps.is_some() && emulation.layout().is_none() {
+        let LinkShape { rtt, rate_bps } = shape;
+        if let Emulation::UserspaceLink | Emulation::KernelNetem = emulation {
+            let net = net.ok_or("the packet-level modes need the run's namespaces")?;
+            // The role makes its own store from the seed.
+            return Self::open_namespaced(net, image, wire, serve.chunking, shape, runtime);
+        }
+        if rate_bps.is_some() {
             return Err(format!(
                 "a rate-limited link needs a packet-level emulation mode, not `{emulation}`"
             ));
         }
-        let source: SharedBackend = image.backend.clone();
+        let own_store = serve
+            .writable
+            .then(|| Arc::new(backends::MemoryBackend::from_bytes(image.bytes().to_vec())));
+        let store: SharedBackend = match &own_store {
+            Some(own) => own.clone(),
+            None => image.backend.clone(),
+        };
+        let size = image.bytes().len() as u64;
+        let served = serve.chunking.serve(store, size)?;
         match emulation {
-            Emulation::Inproc => Self::open_in_process(source, wire, rtt, rtt / 2, runtime),
             Emulation::PerCall => {
-                let delayed: SharedBackend = Arc::new(netem::PerCallDelay::new(source, rtt));
-                Self::open_in_process(delayed, wire, rtt, Duration::ZERO, runtime)
+                // The delay stands for the network, so it is outermost.
+                let delayed: SharedBackend = Arc::new(netem::PerCallDelay::new(served, rtt));
+                Self::open_in_process(delayed, own_store, wire, rtt, Duration::ZERO, runtime)
             }
-            Emulation::UserspaceLink | Emulation::KernelNetem => {
-                let net = net.ok_or("the packet-level modes need the run's namespaces")?;
-                Self::open_namespaced(net, image, wire, rtt, rate_bps, runtime)
-            }
+            _ => Self::open_in_process(served, own_store, wire, rtt, rtt / 2, runtime),
         }
     }
 
@@ -241,6 +353,7 @@ impl RemoteLink {
     /// or through a delay proxy of `one_way` each way when that is not zero.
     fn open_in_process(
         served: SharedBackend,
+        own_store: Option<Arc<backends::MemoryBackend>>,
         wire: Wire,
         rtt: Duration,
         one_way: Duration,
@@ -277,6 +390,7 @@ impl RemoteLink {
             task,
             shutdown,
             proxy,
+            own_store,
         };
         Self::connect(server, dial, wire, rtt, runtime)
     }
@@ -324,10 +438,11 @@ impl RemoteLink {
         net: &Namespaces,
         image: &SourceImage,
         wire: Wire,
-        rtt: Duration,
-        rate_bps: Option<u64>,
+        chunking: StoreChunking,
+        shape: LinkShape,
         runtime: &Handle,
     ) -> Result<Self, String> {
+        let LinkShape { rtt, rate_bps } = shape;
         let topo = &net.topology;
         let link = net.start_link(symmetric_link(rtt, Duration::ZERO, rate_bps, 0.0))?;
 
@@ -340,6 +455,7 @@ impl RemoteLink {
         command.args(["--size", &image.bytes().len().to_string()]);
         command.args(["--seed", &image.seed.to_string()]);
         command.args(["--content", image.content.name()]);
+        command.args(chunking.role_args());
         let mut role = RoleProcess::spawn("remote-backend", command).map_err(|e| e.to_string())?;
         let addr = match role
             .next_event(ROLE_READY_TIMEOUT)
@@ -431,8 +547,9 @@ impl RemoteLink {
         Some(h)
     }
 
-    /// Closes the client and stops the server; returns the requests served.
-    pub async fn close(self) -> Result<u64, String> {
+    /// Closes the client and stops the server; returns what it served and
+    /// what its store holds.
+    pub async fn close(self) -> Result<Closed, String> {
         drop(self.guarded);
         drop(self.client);
         match self.server {
@@ -440,12 +557,27 @@ impl RemoteLink {
                 task,
                 shutdown,
                 proxy,
+                own_store,
             } => {
                 shutdown.cancel();
                 let served = tokio::time::timeout(Duration::from_secs(10), task).await;
                 drop(proxy);
                 match served {
-                    Ok(Ok(Ok(stats))) => Ok(stats.requests),
+                    Ok(Ok(Ok(stats))) => Ok(Closed {
+                        requests: stats.requests,
+                        // Hashed off the runtime's threads: a large store
+                        // takes a while.
+                        store_sha256: match own_store {
+                            Some(store) => Some(
+                                tokio::task::spawn_blocking(move || {
+                                    crate::source::sha256_hex(&store.bytes())
+                                })
+                                .await
+                                .map_err(|e| format!("hashing the source's store: {e}"))?,
+                            ),
+                            None => None,
+                        },
+                    }),
                     Ok(Ok(Err(e))) => Err(format!("the remote server failed: {e}")),
                     Ok(Err(e)) => Err(format!("the remote server task failed: {e}")),
                     Err(_) => Err(
@@ -462,7 +594,14 @@ impl RemoteLink {
                         .map_err(|e| e.to_string())?;
                 link.stop()?;
                 match stopped {
-                    RoleEvent::Stopped { serve, .. } => Ok(serve.requests),
+                    RoleEvent::Stopped {
+                        serve,
+                        store_sha256,
+                        ..
+                    } => Ok(Closed {
+                        requests: serve.requests,
+                        store_sha256,
+                    }),
                     other => Err(format!("the remote backend role ended with {other:?}")),
                 }
             }
@@ -473,6 +612,7 @@ impl RemoteLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::sha256_hex;
 
     /// A backend whose calls never complete.
     #[derive(Debug)]
@@ -519,9 +659,19 @@ mod tests {
             ]
         });
         for (kind, mode, rtt) in cases {
-            let link =
-                RemoteLink::open(&image, Wire::Rpc(kind), mode, None, rtt, None, rt.handle())
-                    .unwrap();
+            let link = RemoteLink::open(
+                &image,
+                Wire::Rpc(kind),
+                ServeOptions::default(),
+                mode,
+                None,
+                LinkShape {
+                    rtt,
+                    rate_bps: None,
+                },
+                rt.handle(),
+            )
+            .unwrap();
             let client = link.client().unwrap();
             let mut got = vec![0u8; bytes.len()];
             let start = std::time::Instant::now();
@@ -533,9 +683,82 @@ mod tests {
             assert_eq!(got, bytes, "{kind} {mode:?}");
             assert!(link.transferred_bytes().unwrap() > bytes.len() as u64);
             drop(client);
-            let requests = rt.block_on(link.close()).unwrap();
-            assert!(requests >= 1, "{kind} {mode:?}: {requests} requests");
+            let closed = rt.block_on(link.close()).unwrap();
+            assert!(closed.requests >= 1, "{kind} {mode:?}: {closed:?}");
+            assert_eq!(closed.store_sha256, None, "a read-only link hashes nothing");
         }
+    }
+
+    #[test]
+    fn a_chunked_store_is_cut_by_the_client_or_by_the_server() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let image = SourceImage::pattern(64 * 1024, 5);
+        let chunk = 16 * 1024;
+        let open = |chunking| {
+            let serve = ServeOptions {
+                chunking,
+                writable: true,
+            };
+            let mode = Emulation::Inproc;
+            RemoteLink::open(
+                &image,
+                Wire::Rpc(TransportKind::Frpc),
+                serve,
+                mode,
+                None,
+                LinkShape::default(),
+                rt.handle(),
+            )
+            .unwrap()
+        };
+        // A patch inside chunk 1: not a whole chunk.
+        let patch = vec![0xA5u8; 100];
+        let mut expected = image.bytes().to_vec();
+        expected[20_000..20_100].copy_from_slice(&patch);
+
+        let client_cuts = open(StoreChunking::ClientCuts { chunk_bytes: chunk });
+        let remote = client_cuts.client().unwrap();
+        let refused = rt.block_on(remote.write_at(&patch, 20_000)).unwrap_err();
+        assert!(refused.to_string().contains("16384"), "{refused}");
+        // Cut on this side, it passes: whole chunks only reach the wire.
+        let cut = rt
+            .block_on(chunks::ArbitraryReadWriterAt::new(remote.clone(), chunk))
+            .unwrap();
+        rt.block_on(cut.write_at(&patch, 20_000)).unwrap();
+        drop((cut, remote));
+        let closed = rt.block_on(client_cuts.close()).unwrap();
+        assert_eq!(closed.store_sha256, Some(sha256_hex(&expected)));
+
+        let server_cuts = open(StoreChunking::ServerCuts { chunk_bytes: chunk });
+        let remote = server_cuts.client().unwrap();
+        rt.block_on(remote.write_at(&patch, 20_000)).unwrap();
+        let mut back = vec![0u8; 300];
+        rt.block_on(remote.read_exact_at(&mut back, 19_900))
+            .unwrap();
+        assert_eq!(back, expected[19_900..20_200]);
+        drop(remote);
+        let closed = rt.block_on(server_cuts.close()).unwrap();
+        assert_eq!(closed.store_sha256, Some(sha256_hex(&expected)));
+
+        // The writes went to the cells' own stores, not the shared image.
+        assert_eq!(sha256_hex(&image.bytes()), image.sha256);
+    }
+
+    #[test]
+    fn chunking_becomes_the_roles_arguments() {
+        assert!(StoreChunking::Any.role_args().is_empty());
+        assert_eq!(
+            StoreChunking::of(ChunkingSide::Server, 4096).role_args(),
+            ["--chunking", "server", "--chunk-bytes", "4096"]
+        );
+        assert_eq!(
+            StoreChunking::of(ChunkingSide::Client, 65536),
+            StoreChunking::ClientCuts { chunk_bytes: 65536 }
+        );
+        assert_eq!(
+            StoreChunking::of(ChunkingSide::Unchunked, 65536),
+            StoreChunking::Any
+        );
     }
 
     #[test]
@@ -546,10 +769,13 @@ mod tests {
         let link = RemoteLink::open(
             &image,
             Wire::Nbd,
+            ServeOptions::default(),
             Emulation::Inproc,
             None,
-            rtt,
-            None,
+            LinkShape {
+                rtt,
+                rate_bps: None,
+            },
             rt.handle(),
         )
         .unwrap();
@@ -564,7 +790,7 @@ mod tests {
         });
         assert_eq!(got, &image.bytes()[..]);
         assert!(link.transferred_bytes().unwrap() > got.len() as u64);
-        assert!(rt.block_on(link.close()).unwrap() >= 1);
+        assert!(rt.block_on(link.close()).unwrap().requests >= 1);
     }
 
     #[test]

@@ -312,6 +312,14 @@ fn run_cell(
         ));
         return record;
     }
+    if let (true, Some(why)) = (spec.workload.writes(), imp.read_only) {
+        record.reason = Some(format!(
+            "{} is a write workload and {} cannot write back: {why}",
+            spec.workload, imp.name
+        ));
+        return record;
+    }
+
     let source = match sources.get(spec.region_bytes, spec.workload.content()) {
         Ok(source) => source,
         Err(e) => {
@@ -394,7 +402,12 @@ fn fill_measured(
         // their rate is not the run's throughput: left unmeasured.
         read_throughput_mib_s: (secs > 0.0 && w.bytes_read > 0 && !w.truncated)
             .then(|| w.bytes_read as f64 / (1024.0 * 1024.0) / secs),
-        bytes_read: Some(w.bytes_read),
+        bytes_read: (!spec.workload.writes()).then_some(w.bytes_read),
+        // Likewise; the time includes the flush that put the writes in the
+        // source.
+        write_throughput_mib_s: (secs > 0.0 && w.bytes_written > 0 && !w.truncated)
+            .then(|| w.bytes_written as f64 / (1024.0 * 1024.0) / secs),
+        bytes_written: spec.workload.writes().then_some(w.bytes_written),
         transferred_bytes: m.transferred_bytes,
         transfer_amplification: m
             .transferred_bytes
@@ -410,6 +423,12 @@ fn fill_measured(
             .metrics
             .other
             .insert("lookups_per_s".into(), w.accesses as f64 / secs);
+    }
+    if let Some(flush) = w.flush {
+        record
+            .metrics
+            .other
+            .insert("flush_ms".into(), flush.as_secs_f64() * 1e3);
     }
     record.device = m.device.map(str::to_owned);
     record
@@ -429,19 +448,32 @@ fn fill_measured(
             .placement
             .insert("handler".into(), m.handler_cpus.clone());
     }
-    let scope = match &m.integrity_scope {
+    let (scope, mismatch) = match &m.integrity_scope {
         IntegrityScope::Region { destination_sha256 } => {
             record.destination_sha256 = Some(destination_sha256.clone());
-            "the whole region (SHA-256)"
+            (
+                "the whole region (SHA-256)".to_owned(),
+                "the destination differs from the source".to_owned(),
+            )
         }
-        IntegrityScope::AccessedBytes => "the bytes the workload read",
-        IntegrityScope::QueryAnswers => "the rows the lookups returned (SHA-256)",
+        IntegrityScope::AccessedBytes => (
+            "the bytes the workload read".to_owned(),
+            "the destination differs from the source".to_owned(),
+        ),
+        IntegrityScope::QueryAnswers => (
+            "the rows the lookups returned (SHA-256)".to_owned(),
+            "the lookups answered differently from the same lookups on the source".to_owned(),
+        ),
+        IntegrityScope::AfterWrites { sha256 } => (
+            "what the writes went into, after the flush (SHA-256)".to_owned(),
+            format!(
+                "what the writes went into holds {sha256}, not the source with the writes applied"
+            ),
+        ),
     };
     if !m.integrity {
         record.status = CellStatus::Failed;
-        record.reason = Some(format!(
-            "integrity check failed: the destination differs from the source over {scope}"
-        ));
+        record.reason = Some(format!("integrity check failed: {mismatch} over {scope}"));
     } else if w.truncated {
         record.status = CellStatus::Truncated;
         record.reason = Some(format!(

@@ -133,19 +133,33 @@ impl fmt::Display for PullHeuristic {
     }
 }
 
-/// Where a managed mount cuts accesses into chunks (thesis 3.5.2): on the
-/// destination, so the remote only ever sees whole chunks, or on the remote,
-/// so the destination forwards accesses as the application made them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where accesses are cut into whole, aligned chunks of `chunk_kib` on their
+/// way to a source whose store takes only such chunks (thesis 3.5.2).
+///
+/// A managed mount always cuts on the client (its cache and pulls are in
+/// chunks), so only the direct mount varies over this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ChunkingSide {
+    /// Nobody: the store takes any offset and length, as the thesis's direct
+    /// mount has it. The chunk size does not apply.
+    #[serde(rename = "none")]
+    #[value(name = "none")]
+    Unchunked,
+    /// The destination's mount cuts every request before the wire, so the
+    /// source sees only whole chunks, and a partial-chunk write costs the
+    /// destination a chunk read across the link first.
     Client,
+    /// The destination forwards requests as the device issued them; the
+    /// source cuts them next to its store, read-modify-writing partial
+    /// chunks there.
     Server,
 }
 
 impl fmt::Display for ChunkingSide {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            ChunkingSide::Unchunked => "none",
             ChunkingSide::Client => "client",
             ChunkingSide::Server => "server",
         })
@@ -177,7 +191,7 @@ pub struct Axes {
     /// The background puller's order.
     #[serde(default = "default_pull_heuristic")]
     pub pull_heuristic: Vec<PullHeuristic>,
-    /// Where a managed mount cuts accesses into chunks.
+    /// Where a direct mount's accesses are cut into chunks.
     #[serde(default = "default_chunking")]
     pub chunking: Vec<ChunkingSide>,
     /// The link's rate in Mbit/s, each direction; absent (the default) for
@@ -209,8 +223,9 @@ fn default_pull_heuristic() -> Vec<PullHeuristic> {
     vec![PullHeuristic::Linear]
 }
 
+/// Unchunked, so scenarios that do not ask keep the thesis's direct mount.
 fn default_chunking() -> Vec<ChunkingSide> {
-    vec![ChunkingSide::Client]
+    vec![ChunkingSide::Unchunked]
 }
 
 /// Axis overrides of a profile; each replaces the whole list.
@@ -306,6 +321,15 @@ pub struct CellSpec {
 }
 
 impl CellSpec {
+    /// Whether the chunk size changes what the cell does. An implementation
+    /// that lists both the chunk-size and the chunking axes uses the size
+    /// only to chunk, so an unchunked cell of it has none.
+    pub fn uses_chunk_size(&self) -> bool {
+        let axes = self.implementation.axes;
+        axes.contains(&Axis::ChunkSize)
+            && !(axes.contains(&Axis::Chunking) && self.chunking == ChunkingSide::Unchunked)
+    }
+
     /// Every axis value the cell uses, by axis name.
     pub fn params(&self) -> BTreeMap<String, serde_json::Value> {
         let mut p = BTreeMap::new();
@@ -316,7 +340,7 @@ impl CellSpec {
             "region_mib".into(),
             serde_json::json!(self.region_bytes >> 20),
         );
-        if self.implementation.axes.contains(&Axis::ChunkSize) {
+        if self.uses_chunk_size() {
             p.insert(
                 "chunk_kib".into(),
                 serde_json::json!(self.chunk_bytes >> 10),
@@ -800,7 +824,11 @@ impl Scenario {
             expand(&mut cells, uses(Axis::Rtt), &ax.rtt_ms, |c, &v| {
                 c.rtt_ms = Some(v)
             });
-            for cell in cells {
+            for mut cell in cells {
+                if !cell.uses_chunk_size() {
+                    // One cell, not one per chunk size it would ignore.
+                    cell.chunk_bytes = ax.chunk_kib[0] << 10;
+                }
                 if !all.contains(&cell) {
                     all.push(cell);
                 }
@@ -961,6 +989,51 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("smoke") && e.contains("grpc"), "{e}");
+    }
+
+    #[test]
+    fn a_direct_mount_expands_over_chunk_sizes_only_where_it_chunks() {
+        let text = GOOD.replace("[\"baseline\", \"uffd\"]", "[\"mount-direct\"]");
+        let text = with_key_replaced(&text, "axes.chunk_kib = [4, 64]");
+        let text = with_key_replaced(&text, "axes.workload = [\"sequential\"]");
+        let text = with_key_replaced(&text, "axes.rtt_ms = [5]");
+        let unchunked = parse("t", &text, "default").unwrap().cells();
+        // Not asked: unchunked, one cell whatever chunk sizes the file lists.
+        assert_eq!(unchunked.len(), 1);
+        assert_eq!(unchunked[0].chunking, ChunkingSide::Unchunked);
+        let params = unchunked[0].params();
+        assert_eq!(params["chunking"], "none");
+        assert!(!params.contains_key("chunk_kib"), "{params:?}");
+
+        let text = with_key_replaced(&text, "axes.chunking = [\"none\", \"client\", \"server\"]");
+        let cells = parse("t", &text, "default").unwrap().cells();
+        let ids: Vec<String> = cells.iter().map(|c| c.cell_id("t")).collect();
+        assert_eq!(cells.len(), 1 + 2 + 2, "{ids:#?}");
+        assert_eq!(
+            ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            ids.len()
+        );
+        for side in [ChunkingSide::Client, ChunkingSide::Server] {
+            let sizes: Vec<u64> = cells
+                .iter()
+                .filter(|c| c.chunking == side)
+                .map(|c| c.params()["chunk_kib"].as_u64().unwrap())
+                .collect();
+            assert_eq!(sizes, [4, 64], "{side}");
+        }
+        // The managed mount always chunks, so it ignores the axis.
+        let managed = with_key_replaced(&text, "implementations = [\"mount-managed\"]");
+        let cells = parse("t", &managed, "default").unwrap().cells();
+        assert_eq!(cells.len(), 2);
+        assert!(cells.iter().all(|c| !c.params().contains_key("chunking")));
+        let e = parse(
+            "f.toml",
+            &with_key_replaced(&text, "axes.chunking = [\"middle\"]"),
+            "default",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("middle") && e.contains("server"), "{e}");
     }
 
     #[test]

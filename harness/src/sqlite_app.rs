@@ -273,7 +273,9 @@ pub fn run_lookups(
         workload: WorkloadOutcome {
             accesses: done,
             bytes_read,
+            bytes_written: 0,
             elapsed,
+            flush: None,
             first_access,
             latency,
             truncated,

@@ -1,8 +1,14 @@
-//! What the application does with its region: the read patterns, and the
-//! loop that performs and times them.
+//! What the application does with its region: the access patterns, and the
+//! loops that perform and time them.
 //!
 //! Orders are seeded, so a cell is reproducible and every implementation in a
 //! run sees the same sequence of accesses.
+//!
+//! Writing is a property of the workload, not a separate `operation` axis:
+//! a pattern is what the application does to its memory, and keeping reads
+//! and writes in one list leaves the cell ids of every read-only scenario as
+//! they were, needs no axis that every implementation would have to expand,
+//! and lets a figure facet by `workload` to split read and write patterns.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,18 +20,18 @@ use rand_distr::{Distribution, Zipf};
 use results::LatencyHistogram;
 use serde::{Deserialize, Serialize};
 
-/// Read patterns.
+/// Access patterns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkloadKind {
-    /// Every access slot once, in ascending order.
+    /// Reads every access slot once, in ascending order.
     Sequential,
-    /// Every access slot once, in a seeded random order.
+    /// Reads every access slot once, in a seeded random order.
     Random,
-    /// As many accesses as there are slots, drawn from a Zipf distribution
-    /// (exponent [`ZIPF_EXPONENT`]) over slots scattered by a seeded
-    /// permutation, so hot data is not all at the front (YCSB's scrambled
-    /// zipfian). Touches only part of the region.
+    /// Reads as many accesses as there are slots, drawn from a Zipf
+    /// distribution (exponent [`ZIPF_EXPONENT`]) over slots scattered by a
+    /// seeded permutation, so hot data is not all at the front (YCSB's
+    /// scrambled zipfian). Touches only part of the region.
     Zipfian,
     /// Indexed lookups in a SQLite database that fills the region, opened
     /// in place (see `sqlite_app`): a real application's access pattern.
@@ -35,6 +41,15 @@ pub enum WorkloadKind {
     /// pull alone (its rate against what its workers and the link allow),
     /// then checks the whole region once every chunk is local.
     Idle,
+    /// Writes every access slot once, in ascending order, then flushes.
+    SequentialWrite,
+    /// Writes every access slot once, in the same seeded random order as
+    /// `random`, then flushes.
+    RandomWrite,
+    /// Writes the slots `zipfian` reads, in its order, then flushes: a hot
+    /// set updated again and again, the rest untouched, so the flush writes
+    /// scattered runs of pages rather than the whole region.
+    ZipfianWrite,
 }
 
 /// YCSB's default skew.
@@ -48,16 +63,30 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Zipfian => "zipfian",
             WorkloadKind::Sqlite => "sqlite",
             WorkloadKind::Idle => "idle",
+            WorkloadKind::SequentialWrite => "sequential-write",
+            WorkloadKind::RandomWrite => "random-write",
+            WorkloadKind::ZipfianWrite => "zipfian-write",
         })
     }
 }
 
 impl WorkloadKind {
-    /// Whether the pattern reads every byte of the region exactly once.
+    /// Whether the pattern touches every byte of the region exactly once.
     pub fn covers_region(self) -> bool {
         !matches!(
             self,
-            WorkloadKind::Zipfian | WorkloadKind::Sqlite | WorkloadKind::Idle
+            WorkloadKind::Zipfian
+                | WorkloadKind::ZipfianWrite
+                | WorkloadKind::Sqlite
+                | WorkloadKind::Idle
+        )
+    }
+
+    /// Whether the application writes (and then flushes) instead of reading.
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            WorkloadKind::SequentialWrite | WorkloadKind::RandomWrite | WorkloadKind::ZipfianWrite
         )
     }
 
@@ -83,7 +112,8 @@ impl WorkloadKind {
     }
 }
 
-/// The offsets the application reads, `access_bytes` each, in order; for
+/// The offsets the application reads or writes, `access_bytes` each, in
+/// order (a write pattern has the order of its read counterpart); for
 /// `sqlite`, the keys it looks up.
 pub fn access_order(
     kind: WorkloadKind,
@@ -102,9 +132,12 @@ pub fn access_order(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut order: Vec<u64> = (0..slots).collect();
     match kind {
-        WorkloadKind::Sequential | WorkloadKind::Sqlite | WorkloadKind::Idle => {}
-        WorkloadKind::Random => order.shuffle(&mut rng),
-        WorkloadKind::Zipfian => {
+        WorkloadKind::Sequential
+        | WorkloadKind::SequentialWrite
+        | WorkloadKind::Sqlite
+        | WorkloadKind::Idle => {}
+        WorkloadKind::Random | WorkloadKind::RandomWrite => order.shuffle(&mut rng),
+        WorkloadKind::Zipfian | WorkloadKind::ZipfianWrite => {
             let mut scatter = order.clone();
             scatter.shuffle(&mut rng);
             match Zipf::new(slots as f64, ZIPF_EXPONENT) {
@@ -129,7 +162,12 @@ pub struct WorkloadOutcome {
     /// Accesses completed (all of them unless truncated).
     pub accesses: usize,
     pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// From the first access to the last; for writes, to the end of the
+    /// flush.
     pub elapsed: Duration,
+    /// How long the flush after the writes took (writes only).
+    pub flush: Option<Duration>,
     /// The first access, from its start to its return.
     pub first_access: Option<Duration>,
     /// Every access, from its start to its return.
@@ -146,7 +184,9 @@ impl WorkloadOutcome {
         Self {
             accesses: 0,
             bytes_read: 0,
+            bytes_written: 0,
             elapsed: Duration::ZERO,
+            flush: None,
             first_access: None,
             latency: LatencyHistogram::new(),
             truncated: false,
@@ -197,12 +237,105 @@ pub fn run_reads(
     WorkloadOutcome {
         accesses: done,
         bytes_read: done as u64 * access_bytes as u64,
+        bytes_written: 0,
         elapsed: start.elapsed(),
+        flush: None,
         first_access,
         latency,
         truncated,
         cpus,
     }
+}
+
+/// What a write workload writes over `source` bytes: their complement. It
+/// differs from the source in every byte (a write that never arrived, or
+/// arrived at the wrong offset, changes the hash), depends on the position
+/// (the source is random, so no two chunks carry the same payload), and
+/// needs no second region-sized buffer to know what the result must be.
+/// Writing it twice gives the same bytes, so repeated slots are harmless.
+pub fn write_payload(dest: &mut [u8], source: &[u8]) {
+    for (d, s) in dest.iter_mut().zip(source) {
+        *d = !*s;
+    }
+}
+
+/// The region after the first `done` writes of `order`, `access_bytes`
+/// each, over `source`: what the source must hold once the writes are
+/// flushed.
+pub fn expected_after_writes(
+    source: &[u8],
+    order: &[u64],
+    done: usize,
+    access_bytes: usize,
+) -> Vec<u8> {
+    let mut expected = source.to_vec();
+    for &offset in &order[..done.min(order.len())] {
+        let at = offset as usize;
+        write_payload(
+            &mut expected[at..at + access_bytes],
+            &source[at..at + access_bytes],
+        );
+    }
+    expected
+}
+
+/// Writes [`write_payload`] of `source` into `region` at each offset of
+/// `order`, `access_bytes` at a time, until done or `deadline`, then calls
+/// `flush` on it (which must put the writes where they are going: `msync`
+/// for a mapping). The flush runs even after a deadline, so what was written
+/// can be checked; its time counts in `elapsed`, as an application must wait
+/// for it too.
+pub fn run_writes<R: std::ops::DerefMut<Target = [u8]>>(
+    region: &mut R,
+    source: &[u8],
+    order: &[u64],
+    access_bytes: usize,
+    deadline: Instant,
+    flush: impl FnOnce(&mut R) -> Result<(), String>,
+) -> Result<WorkloadOutcome, String> {
+    let bytes: &mut [u8] = region;
+    let mut latency = LatencyHistogram::new();
+    let mut cpus = BTreeMap::new();
+    let mut first_access = None;
+    let mut truncated = false;
+    let mut done = 0;
+    let start = Instant::now();
+    for (i, &offset) in order.iter().enumerate() {
+        let t0 = Instant::now();
+        if t0 >= deadline || crate::interrupt::requested() {
+            truncated = true;
+            break;
+        }
+        let at = offset as usize;
+        write_payload(
+            &mut bytes[at..at + access_bytes],
+            &source[at..at + access_bytes],
+        );
+        std::hint::black_box(&mut bytes[at]);
+        let took = t0.elapsed();
+        latency.record(took.as_nanos() as u64);
+        if i == 0 {
+            first_access = Some(took);
+        }
+        if i % CPU_SAMPLE_EVERY == 0 {
+            crate::host::count_cpu(&mut cpus, crate::host::current_cpu());
+        }
+        done += 1;
+    }
+    let flush_start = Instant::now();
+    flush(region)?;
+    let flushed = flush_start.elapsed();
+    Ok(WorkloadOutcome {
+        accesses: done,
+        bytes_read: 0,
+        bytes_written: done as u64 * access_bytes as u64,
+        elapsed: start.elapsed(),
+        flush: Some(flushed),
+        first_access,
+        latency,
+        truncated,
+        cpus,
+    })
 }
 
 /// Fills `buf` with seeded pseudo-random bytes: incompressible, reproducible.
@@ -227,6 +360,117 @@ mod tests {
             access_order(WorkloadKind::Sequential, 1 << 20, 4096, 7)[1],
             4096
         );
+    }
+
+    #[test]
+    fn write_patterns_have_the_order_of_their_read_counterparts() {
+        for (read, write) in [
+            (WorkloadKind::Sequential, WorkloadKind::SequentialWrite),
+            (WorkloadKind::Random, WorkloadKind::RandomWrite),
+            (WorkloadKind::Zipfian, WorkloadKind::ZipfianWrite),
+        ] {
+            assert_eq!(
+                access_order(read, 1 << 20, 4096, 5),
+                access_order(write, 1 << 20, 4096, 5)
+            );
+            assert!(write.writes() && !read.writes());
+            assert_eq!(write.covers_region(), read.covers_region());
+        }
+        let names: Vec<String> = [
+            WorkloadKind::SequentialWrite,
+            WorkloadKind::RandomWrite,
+            WorkloadKind::ZipfianWrite,
+        ]
+        .iter()
+        .map(|k| {
+            serde_json::to_value(k)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+        assert_eq!(names, ["sequential-write", "random-write", "zipfian-write"]);
+        assert_eq!(WorkloadKind::RandomWrite.to_string(), "random-write");
+    }
+
+    #[test]
+    fn the_expected_image_complements_exactly_the_written_slots() {
+        let source: Vec<u8> = (0..32u8).collect();
+        let order = [16, 0, 8, 24];
+        let expected = expected_after_writes(&source, &order, 2, 8);
+        let mut want = source.clone();
+        for b in &mut want[0..8] {
+            *b = !*b;
+        }
+        for b in &mut want[16..24] {
+            *b = !*b;
+        }
+        assert_eq!(expected, want);
+        // Every byte of a written slot differs from the source.
+        assert!(expected[16..24]
+            .iter()
+            .zip(&source[16..24])
+            .all(|(e, s)| e != s));
+        // Writing a slot twice leaves what writing it once does.
+        assert_eq!(expected_after_writes(&source, &[16, 0, 16, 0], 4, 8), want);
+        assert_eq!(expected_after_writes(&source, &order, 0, 8), source);
+    }
+
+    #[test]
+    fn run_writes_writes_the_payload_then_flushes_once() {
+        let mut source = vec![0u8; 64 * 1024];
+        fill_pattern(&mut source, 9);
+        let mut region = source.clone();
+        let order = access_order(WorkloadKind::RandomWrite, 64 * 1024, 4096, 0);
+        let mut flushes = 0;
+        let out = run_writes(
+            &mut region,
+            &source,
+            &order,
+            4096,
+            Instant::now() + Duration::from_secs(60),
+            |_| {
+                flushes += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(flushes, 1);
+        assert_eq!(
+            (
+                out.accesses,
+                out.bytes_written,
+                out.bytes_read,
+                out.truncated
+            ),
+            (16, 65536, 0, false)
+        );
+        assert!(out.flush.is_some() && out.first_access.is_some());
+        assert_eq!(region, expected_after_writes(&source, &order, 16, 4096));
+
+        // Past the deadline nothing is written, and the flush still runs.
+        let mut untouched = source.clone();
+        let late = run_writes(
+            &mut untouched,
+            &source,
+            &order,
+            4096,
+            Instant::now(),
+            |_| Err("the flush failed".into()),
+        );
+        assert_eq!(late.unwrap_err(), "the flush failed");
+        assert_eq!(untouched, source);
+        let late = run_writes(
+            &mut untouched,
+            &source,
+            &order,
+            4096,
+            Instant::now(),
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert!(late.truncated && late.accesses == 0 && late.flush.is_some());
     }
 
     #[test]

@@ -361,6 +361,8 @@ fn remote_backend_role_serves_the_region_and_stops() {
         stopped["serve"]["requests"].as_u64().unwrap() >= 2,
         "{stopped}"
     );
+    // Nothing wrote: the store still holds what it was made with.
+    assert_eq!(stopped["store_sha256"].as_str().unwrap(), digest);
     assert!(child.wait().unwrap().success());
 }
 

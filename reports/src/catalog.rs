@@ -701,23 +701,92 @@ pub const CATALOG: &[FigureSpec] = &[
         needs: "cells over a `backend` axis recording `read_throughput_mib_s`",
     },
     // ---- chunk-sweep ----
+    // Chunk size on x and RTT as panels: chunk-sweep's own axis, and the
+    // RTT that the thesis says makes client-side chunking expensive. Only
+    // `mount-direct` varies where it chunks (the managed mount always does
+    // it on the client); its unchunked cells have no chunk size and are
+    // drawn as the `none` reference line. One figure per workload, so no
+    // point pools reads with writes or sequential with scattered writes.
     FigureSpec {
         id: "chunk-sweep-client-vs-server",
-        title: "Chunking on the client vs on the server side: write throughput as RTT grows",
-        design_row: "chunking on the client vs on the server side",
+        title: "Chunking on the client vs on the server side: scattered writes (zipfian-write) by chunk size",
+        design_row: "chunking on the client vs on the server side (scattered writes)",
         scenario: "chunk-sweep",
         measures: one!("write_throughput_mib_s"),
         y_label: "write throughput (MiB/s)",
         y_scale: Scale::Log,
         y_factor: 1.0,
         band: BandPolicy::Spread,
-        x: RTT_X,
+        x: CHUNK_X,
         series: SeriesKey::Param("chunking"),
-        filters: &[],
-        facet: None,
+        filters: &[
+            Filter {
+                param: "implementation",
+                cond: Cond::Is("mount-direct"),
+            },
+            Filter {
+                param: "workload",
+                cond: Cond::Is("zipfian-write"),
+            },
+        ],
+        facet: Some("rtt_ms"),
         extras: &[],
         expects: &["client", "server"],
-        needs: "cells over a `chunking` axis (client, server) recording `write_throughput_mib_s`",
+        needs: "`mount-direct` cells over `chunk_kib` and `chunking` (client, server) with the `zipfian-write` workload recording `write_throughput_mib_s`",
+    },
+    FigureSpec {
+        id: "chunk-sweep-client-vs-server-sequential-write",
+        title: "Chunking on the client vs on the server side: sequential writes by chunk size",
+        design_row: "chunking on the client vs on the server side (sequential writes)",
+        scenario: "chunk-sweep",
+        measures: one!("write_throughput_mib_s"),
+        y_label: "write throughput (MiB/s)",
+        y_scale: Scale::Log,
+        y_factor: 1.0,
+        band: BandPolicy::Spread,
+        x: CHUNK_X,
+        series: SeriesKey::Param("chunking"),
+        filters: &[
+            Filter {
+                param: "implementation",
+                cond: Cond::Is("mount-direct"),
+            },
+            Filter {
+                param: "workload",
+                cond: Cond::Is("sequential-write"),
+            },
+        ],
+        facet: Some("rtt_ms"),
+        extras: &[],
+        expects: &["client", "server"],
+        needs: "`mount-direct` cells over `chunk_kib` and `chunking` (client, server) with the `sequential-write` workload recording `write_throughput_mib_s`",
+    },
+    FigureSpec {
+        id: "chunk-sweep-client-vs-server-read",
+        title: "Chunking on the client vs on the server side: sequential reads by chunk size",
+        design_row: "chunking on the client vs on the server side (sequential reads)",
+        scenario: "chunk-sweep",
+        measures: one!("read_throughput_mib_s"),
+        y_label: READ_TPUT,
+        y_scale: Scale::Log,
+        y_factor: 1.0,
+        band: BandPolicy::Spread,
+        x: CHUNK_X,
+        series: SeriesKey::Param("chunking"),
+        filters: &[
+            Filter {
+                param: "implementation",
+                cond: Cond::Is("mount-direct"),
+            },
+            Filter {
+                param: "workload",
+                cond: Cond::Is("sequential"),
+            },
+        ],
+        facet: Some("rtt_ms"),
+        extras: &[],
+        expects: &["client", "server"],
+        needs: "`mount-direct` cells over `chunk_kib` and `chunking` (client, server) with the `sequential` workload recording `read_throughput_mib_s`",
     },
     // ---- netem-calibration ----
     FigureSpec {

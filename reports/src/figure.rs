@@ -690,6 +690,60 @@ mod tests {
     }
 
     #[test]
+    fn chunk_sweep_draws_where_chunks_are_cut_with_unchunked_as_the_reference() {
+        let mut records = Vec::new();
+        let mut push = |imp: &str, params: Value, write_mib_s: f64| {
+            let mut r = rec(imp, params, 0, 1.0);
+            r.cell.scenario = "chunk-sweep".into();
+            r.metrics
+                .insert("write_throughput_mib_s".into(), write_mib_s.into());
+            records.push(r);
+        };
+        let at = |chunking: &str, chunk_kib: Option<u64>, workload: &str| {
+            let mut p =
+                serde_json::json!({"workload": workload, "rtt_ms": 20.0, "chunking": chunking});
+            if let Some(kib) = chunk_kib {
+                p["chunk_kib"] = kib.into();
+            }
+            p
+        };
+        for (side, slow) in [("client", 1.0), ("server", 10.0)] {
+            push("mount-direct", at(side, Some(4), "zipfian-write"), slow);
+            push(
+                "mount-direct",
+                at(side, Some(64), "zipfian-write"),
+                2.0 * slow,
+            );
+        }
+        push("mount-direct", at("none", None, "zipfian-write"), 5.0);
+        // Left out: another workload, and the managed mount (no `chunking`).
+        push(
+            "mount-direct",
+            at("client", Some(4), "sequential-write"),
+            999.0,
+        );
+        let mut managed = at("client", Some(4), "zipfian-write");
+        managed.as_object_mut().unwrap().remove("chunking");
+        push("mount-managed", managed, 999.0);
+
+        let spec = crate::catalog::find("chunk-sweep-client-vs-server").unwrap();
+        let fig = build(spec, &run(records));
+        assert_eq!(fig.panels.len(), 1, "one RTT: no facets");
+        assert!(fig.pinned.is_empty(), "{:?}", fig.pinned);
+        let series = &fig.panels[0].series;
+        let points = |key: &str| -> Vec<(f64, f64)> {
+            let s = series.iter().find(|s| s.key == key).unwrap();
+            s.points.iter().map(|p| (p.x, p.band.median)).collect()
+        };
+        assert_eq!(points("client"), [(4.0, 1.0), (64.0, 2.0)]);
+        assert_eq!(points("server"), [(4.0, 10.0), (64.0, 20.0)]);
+        let none = series.iter().find(|s| s.key == "none").unwrap();
+        assert!(none.points.is_empty());
+        assert_eq!(none.reference.unwrap().median, 5.0);
+        assert_eq!(series.len(), 3, "{series:?}");
+    }
+
+    #[test]
     fn non_positive_values_on_a_log_axis_are_dropped_and_said() {
         let records = vec![rec("uffd", serde_json::json!({"rtt_ms": 1.0}), 0, 0.0)];
         let spec = crate::catalog::find("rtt-sweep-first-chunk-latency-vs-rtt").unwrap();

@@ -21,6 +21,7 @@ const METRIC_COLUMNS: &[(&str, &str)] = &[
     ("setup_ms", "setup ms"),
     ("first_chunk_latency_us", "first chunk us"),
     ("read_throughput_mib_s", "read MiB/s"),
+    ("write_throughput_mib_s", "write MiB/s"),
     ("fault_latency_p50_us", "fault p50 us"),
     ("fault_latency_p99_us", "fault p99 us"),
 ];

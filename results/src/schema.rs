@@ -123,6 +123,14 @@ pub struct Metrics {
     /// workloads; the sampled accesses for zipfian).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_read: Option<u64>,
+    /// Bytes the workload wrote through the region, per second, from its
+    /// first write until the flush (`msync`) that puts them in the source
+    /// has returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_throughput_mib_s: Option<f64>,
+    /// Bytes the workload wrote (write workloads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
     /// Bytes that crossed the link, both directions, as counted by the link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transferred_bytes: Option<u64>,

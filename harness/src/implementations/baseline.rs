@@ -6,7 +6,10 @@ use std::time::Instant;
 use memmap2::MmapMut;
 use results::LatencyHistogram;
 
-use super::{read_and_verify, Axis, CellContext, CellOutcome, Descriptor, Measured, ReadOutcome};
+use super::{
+    read_and_verify, write_and_expect, Axis, CellContext, CellOutcome, Descriptor, IntegrityScope,
+    Measured, ReadOutcome, WriteOutcome,
+};
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "baseline",
@@ -14,6 +17,7 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     axes: &[Axis::Placement],
     needs: &[],
     wire: None,
+    read_only: None,
     run,
 };
 
@@ -30,13 +34,29 @@ fn run(ctx: &CellContext) -> CellOutcome {
     region.copy_from_slice(&ctx.source.bytes());
     let setup = setup_start.elapsed();
 
-    let ReadOutcome {
-        workload,
-        integrity,
-        integrity_scope,
-    } = match read_and_verify(ctx, &region) {
-        Ok(r) => r,
-        Err(e) => return CellOutcome::Failed(e),
+    let (workload, integrity, integrity_scope) = if spec.workload.writes() {
+        // The region is the store: the writes' target is the region itself,
+        // and the flush of an anonymous mapping has nothing to write back.
+        let WriteOutcome {
+            workload,
+            expected_sha256,
+        } = match write_and_expect(ctx, &mut region) {
+            Ok(w) => w,
+            Err(e) => return CellOutcome::Failed(e),
+        };
+        let sha256 = crate::source::sha256_hex(&region);
+        let integrity = sha256 == expected_sha256;
+        (workload, integrity, IntegrityScope::AfterWrites { sha256 })
+    } else {
+        let ReadOutcome {
+            workload,
+            integrity,
+            integrity_scope,
+        } = match read_and_verify(ctx, &region) {
+            Ok(r) => r,
+            Err(e) => return CellOutcome::Failed(e),
+        };
+        (workload, integrity, integrity_scope)
     };
     CellOutcome::Measured(Box::new(Measured {
         setup,

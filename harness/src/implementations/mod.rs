@@ -49,6 +49,10 @@ pub struct Descriptor {
     pub needs: &'static [&'static str],
     /// The wire to the source when it is fixed (not the transport axis).
     pub wire: Option<crate::remote::Wire>,
+    /// Why the application's writes cannot reach the source through this
+    /// implementation, when they cannot: its cells of write workloads are
+    /// skipped with this reason.
+    pub read_only: Option<&'static str>,
     pub run: fn(&CellContext) -> CellOutcome,
 }
 
@@ -105,6 +109,10 @@ pub enum IntegrityScope {
     /// The rows the SQLite lookups returned, hashed, compared with the
     /// same lookups on the source's bytes.
     QueryAnswers,
+    /// What the writes went into (the source's store; for `baseline`, the
+    /// local region) after the flush, by SHA-256, against the source's
+    /// bytes with every completed write applied.
+    AfterWrites { sha256: String },
 }
 
 /// What a measured cell reports.
@@ -136,7 +144,8 @@ pub enum CellOutcome {
     Failed(String),
 }
 
-/// The link to the source for the cell, over `wire`, at the cell's RTT and
+/// The link to the source for the cell, over `wire`, served as `serve`
+/// says, at the cell's RTT and
 /// rate; the emulator's lateness record starts afresh (cells run one at a
 /// time, so from here on it is this cell's). The source side, and across
 /// namespaces the connection to it, exists before the destination opens,
@@ -144,6 +153,7 @@ pub enum CellOutcome {
 pub fn open_link(
     ctx: &CellContext,
     wire: crate::remote::Wire,
+    serve: crate::remote::ServeOptions,
 ) -> Result<(crate::remote::RemoteLink, Duration), String> {
     let spec = ctx.spec;
     let rtt = Duration::from_secs_f64(spec.rtt_ms.unwrap_or(0.0) / 1e3);
@@ -151,10 +161,13 @@ pub fn open_link(
     crate::remote::RemoteLink::open(
         &ctx.source,
         wire,
+        serve,
         ctx.emulation,
         ctx.network,
-        rtt,
-        spec.link_mbit.map(|mbit| mbit * 1_000_000),
+        crate::remote::LinkShape {
+            rtt,
+            rate_bps: spec.link_mbit.map(|mbit| mbit * 1_000_000),
+        },
         ctx.runtime.handle(),
     )
     .map(|link| (link, rtt))
@@ -282,6 +295,39 @@ fn query_and_verify(ctx: &CellContext, region: &[u8]) -> Result<ReadOutcome, Str
         integrity: outcome.answers_sha256 == expected,
         workload: outcome.workload,
         integrity_scope: IntegrityScope::QueryAnswers,
+    })
+}
+
+/// What a write workload did, and what its target must hold after it.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub workload: WorkloadOutcome,
+    /// SHA-256 of the source's bytes with every completed write applied.
+    pub expected_sha256: String,
+}
+
+/// Runs the cell's write workload on `region`, its thread placed as the
+/// cell says, flushes it (`msync`), and works out what the writes' target
+/// must hold now.
+pub fn write_and_expect(
+    ctx: &CellContext,
+    region: &mut memmap2::MmapMut,
+) -> Result<WriteOutcome, String> {
+    let spec = ctx.spec;
+    let access = spec.access_bytes as usize;
+    let source_guard = ctx.source.bytes();
+    let source: &[u8] = &source_guard;
+    let workload = crate::placement::run_workload_placed(spec.placement, || {
+        crate::workload::run_writes(region, source, ctx.order, access, ctx.deadline, |r| {
+            r.flush()
+                .map_err(|e| format!("flushing the region (msync): {e}"))
+        })
+    })??;
+    let expected =
+        crate::workload::expected_after_writes(source, ctx.order, workload.accesses, access);
+    Ok(WriteOutcome {
+        workload,
+        expected_sha256: crate::source::sha256_hex(&expected),
     })
 }
 

@@ -8,20 +8,34 @@
 //!   service over the cell's transport.
 //! - `mount-managed`: the same with the managed pipeline in between: whole
 //!   chunks, a local cache, a background puller started before the device.
+//!
+//! `mount-direct` also varies where requests are cut into chunks for a
+//! source whose store takes only whole chunks (thesis 3.5.2): on the client
+//! (an [`ArbitraryReadWriterAt`] in front of the remote client) or on the
+//! server (the source's server cuts them next to its store). The managed
+//! mount is left off that axis: its cache, pulls and pushes are whole chunks
+//! by construction, so it always cuts on the client.
+//!
+//! Write workloads write through the `MAP_SHARED` mapping and flush it
+//! (`msync`); once the mount and the link are closed, the source's store
+//! must hold the source's bytes with the writes applied.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chunks::PullHeuristic;
-use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegion};
+use std::sync::Arc;
+
+use backends::SharedBackend;
+use chunks::{ArbitraryReadWriterAt, ChunkGeometry, PullHeuristic};
+use mount::{DirectMount, ManagedMount, ManagedOptions, MountOptions, MountedRegion, RegionMap};
 
 use super::{
-    open_link, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, IntegrityScope,
-    LinkRecord, Measured, ReadOutcome,
+    open_link, read_and_verify, write_and_expect, Axis, CellContext, CellOutcome, Descriptor,
+    IntegrityScope, LinkRecord, Measured, ReadOutcome, WriteOutcome,
 };
 use crate::access_trace;
-use crate::remote::{RemoteLink, Wire, NBD_EXPORT};
-use crate::scenario::PullHeuristic as PullOrder;
+use crate::remote::{RemoteLink, ServeOptions, StoreChunking, Wire, NBD_EXPORT};
+use crate::scenario::{ChunkingSide, PullHeuristic as PullOrder};
 use crate::workload::{WorkloadKind, WorkloadOutcome};
 
 pub const NBD_DIRECT: Descriptor = Descriptor {
@@ -30,15 +44,23 @@ pub const NBD_DIRECT: Descriptor = Descriptor {
     axes: &[Axis::Rtt, Axis::Placement],
     needs: &[],
     wire: Some(Wire::Nbd),
+    read_only: None,
     run: run_nbd_direct,
 };
 
 pub const MOUNT_DIRECT: Descriptor = Descriptor {
     name: "mount-direct",
-    summary: "a local NBD server + client whose backend is the source's service over a transport, shown as a device and mmap'ed",
-    axes: &[Axis::Rtt, Axis::Placement, Axis::Transport],
+    summary: "a local NBD server + client whose backend is the source's service over a transport, shown as a device and mmap'ed; requests cut into chunks on the client, the server, or not at all",
+    axes: &[
+        Axis::Rtt,
+        Axis::ChunkSize,
+        Axis::Placement,
+        Axis::Transport,
+        Axis::Chunking,
+    ],
     needs: &[],
     wire: None,
+    read_only: None,
     run: run_mount_direct,
 };
 
@@ -55,6 +77,7 @@ pub const MOUNT_MANAGED: Descriptor = Descriptor {
     ],
     needs: &[],
     wire: None,
+    read_only: None,
     run: run_managed,
 };
 
@@ -94,11 +117,39 @@ fn run_nbd_direct(ctx: &CellContext) -> CellOutcome {
 }
 
 fn run_mount_direct(ctx: &CellContext) -> CellOutcome {
-    run_mounted(ctx, Wire::Rpc(ctx.spec.transport), |link, ctx| {
-        DirectMount::open(link.client()?, mount_options(), ctx.runtime.handle())
+    let spec = ctx.spec;
+    run_mounted(ctx, Wire::Rpc(spec.transport), |link, ctx| {
+        let remote = link.client()?;
+        let backend: SharedBackend = match spec.chunking {
+            ChunkingSide::Client => {
+                // The cell knows the region's size; asking the remote here
+                // would add a round trip the other sides do not pay. The
+                // mount checks the size the remote reports.
+                let geometry = ChunkGeometry::new(spec.chunk_bytes, spec.region_bytes)
+                    .map_err(|e| format!("chunking on the client: {e}"))?;
+                Arc::new(ArbitraryReadWriterAt::with_geometry(remote, geometry))
+            }
+            ChunkingSide::Server | ChunkingSide::Unchunked => remote,
+        };
+        DirectMount::open(backend, mount_options(), ctx.runtime.handle())
             .map(Opened::Direct)
             .map_err(|e| format!("opening the direct mount: {e}"))
     })
+}
+
+/// How the source serves a cell: its store chunked as the cell's chunking
+/// axis says (for implementations that vary it), a store of its own when
+/// the cell writes.
+fn serve_options(spec: &crate::scenario::CellSpec) -> ServeOptions {
+    let chunking = if spec.implementation.axes.contains(&Axis::Chunking) {
+        StoreChunking::of(spec.chunking, spec.chunk_bytes)
+    } else {
+        StoreChunking::Any
+    };
+    ServeOptions {
+        chunking,
+        writable: spec.workload.writes(),
+    }
 }
 
 fn run_managed(ctx: &CellContext) -> CellOutcome {
@@ -163,7 +214,7 @@ fn run_mounted(
     if let Err(why) = mount::device::probe(mount_options().device.preference) {
         return CellOutcome::Skipped(format!("no device to mount on: {why}"));
     }
-    let (link, rtt) = match open_link(ctx, wire) {
+    let (link, rtt) = match open_link(ctx, wire, serve_options(spec)) {
         Ok(opened) => opened,
         Err(e) => return CellOutcome::Failed(e),
     };
@@ -182,7 +233,7 @@ fn run_mounted(
             spec.region_bytes
         ));
     }
-    let map = match region.map() {
+    let mut map = match region.map() {
         Ok(m) => m,
         Err(e) => return CellOutcome::Failed(format!("mapping the mount: {e}")),
     };
@@ -202,31 +253,77 @@ fn run_mounted(
             local as f64 / f64::from(1 << 20),
         );
     }
-    let read = match (&mounted, spec.workload) {
-        (Opened::Managed(m), WorkloadKind::Idle) => {
-            pull_then_verify(m, ctx, map.as_slice(), rtt, &mut other)
+    // A read is checked against the source now; a write only once the
+    // link is closed and the source's store says what it holds.
+    let (workload, verdict) = if spec.workload.writes() {
+        let RegionMap::ReadWrite(writable) = &mut map else {
+            return CellOutcome::Failed(format!(
+                "the {device} device was mapped read-only; a write workload needs it writable"
+            ));
+        };
+        match write_and_expect(ctx, writable) {
+            Ok(WriteOutcome {
+                workload,
+                expected_sha256,
+            }) => (workload, Verdict::StoreMustHold(expected_sha256)),
+            Err(e) => return CellOutcome::Failed(e),
         }
-        _ => read_and_verify(ctx, map.as_slice()),
-    };
-    let read = match read {
-        Ok(r) => r,
-        Err(e) => return CellOutcome::Failed(e),
+    } else {
+        let read = match (&mounted, spec.workload) {
+            (Opened::Managed(m), WorkloadKind::Idle) => {
+                pull_then_verify(m, ctx, map.as_slice(), rtt, &mut other)
+            }
+            _ => read_and_verify(ctx, map.as_slice()),
+        };
+        match read {
+            Ok(ReadOutcome {
+                workload,
+                integrity,
+                integrity_scope,
+            }) => (workload, Verdict::Checked(integrity, integrity_scope)),
+            Err(e) => return CellOutcome::Failed(e),
+        }
     };
     drop(map);
     if let (Opened::Managed(m), false) = (&mounted, spec.workload == WorkloadKind::Idle) {
         record_pull(m, spec, ctx.deadline, &mut other);
     }
     let carried = LinkRecord::of(&link, ctx, rtt);
-    let closed = mounted.close();
-    if let Err(e) = ctx.runtime.block_on(link.close()) {
-        return CellOutcome::Failed(e);
-    }
-    if let Err(e) = closed {
+    let unmounted = mounted.close();
+    let closed = match ctx.runtime.block_on(link.close()) {
+        Ok(c) => c,
+        Err(e) => return CellOutcome::Failed(e),
+    };
+    if let Err(e) = unmounted {
         return CellOutcome::Failed(format!("closing the mount: {e}"));
     }
+    let (integrity, integrity_scope) = match verdict {
+        Verdict::Checked(integrity, scope) => (integrity, scope),
+        Verdict::StoreMustHold(expected) => match closed.store_sha256 {
+            Some(sha256) => (sha256 == expected, IntegrityScope::AfterWrites { sha256 }),
+            None => {
+                return CellOutcome::Failed(
+                    "the source's server did not report what its store holds".into(),
+                )
+            }
+        },
+    };
+    let read = ReadOutcome {
+        workload,
+        integrity,
+        integrity_scope,
+    };
     CellOutcome::Measured(Box::new(Measured::device_read(
         setup, read, carried, device, other,
     )))
+}
+
+/// How a cell's integrity is settled.
+enum Verdict {
+    /// Read cells: checked against the source while the region was mapped.
+    Checked(bool, IntegrityScope),
+    /// Write cells: the source's store must have this SHA-256 once closed.
+    StoreMustHold(String),
 }
 
 /// The `idle` workload: nothing reads while the background pull runs, so

@@ -13,7 +13,7 @@ use fusefs::nbdfuse::{NbdFuse, NbdFuseOptions, NBDFUSE};
 use super::{
     open_link, read_and_verify, Axis, CellContext, CellOutcome, Descriptor, LinkRecord, Measured,
 };
-use crate::remote::{Wire, NBD_EXPORT};
+use crate::remote::{ServeOptions, Wire, NBD_EXPORT};
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "nbdfuse",
@@ -21,6 +21,7 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     axes: &[Axis::Rtt, Axis::Placement],
     needs: &[],
     wire: Some(Wire::Nbd),
+    read_only: Some("it mounts nbdfuse --readonly: it is the reference for reads"),
     run,
 };
 
@@ -35,7 +36,7 @@ fn run(ctx: &CellContext) -> CellOutcome {
     if !fusefs::device_available() {
         return CellOutcome::Skipped("/dev/fuse cannot be opened".into());
     }
-    let (link, rtt) = match open_link(ctx, Wire::Nbd) {
+    let (link, rtt) = match open_link(ctx, Wire::Nbd, ServeOptions::default()) {
         Ok(opened) => opened,
         Err(e) => return CellOutcome::Failed(e),
     };

@@ -14,7 +14,7 @@ use super::{
     ReadOutcome,
 };
 use crate::placement::handler_cpu;
-use crate::remote::Wire;
+use crate::remote::{ServeOptions, Wire};
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: "uffd",
@@ -24,12 +24,15 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     // userfaultfd and reports the kernel's reason when none works.
     needs: &[],
     wire: None,
+    read_only: Some(
+        "it pulls pages on fault; writes stay in the destination's region and nothing pushes them to the source",
+    ),
     run,
 };
 
 fn run(ctx: &CellContext) -> CellOutcome {
     let spec = ctx.spec;
-    let (link, rtt) = match open_link(ctx, Wire::Rpc(spec.transport)) {
+    let (link, rtt) = match open_link(ctx, Wire::Rpc(spec.transport), ServeOptions::default()) {
         Ok(opened) => opened,
         Err(e) => return CellOutcome::Failed(e),
     };

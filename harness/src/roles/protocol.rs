@@ -34,7 +34,14 @@ pub enum RoleEvent {
         sha256: String,
     },
     /// The last message before a clean exit.
-    Stopped { serve: ServeCounters, cpu_s: f64 },
+    Stopped {
+        serve: ServeCounters,
+        cpu_s: f64,
+        /// SHA-256 of what the role's store holds after serving (a remote
+        /// backend's; other roles have none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store_sha256: Option<String>,
+    },
     /// The role failed; it exits non-zero after this.
     Error { message: String },
 }

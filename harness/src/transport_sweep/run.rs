@@ -344,7 +344,7 @@ impl Cell<'_> {
         let stopped = role.stop(STOP_TIMEOUT).map_err(|e| e.to_string())?;
         let mut measured = client?;
         match stopped {
-            RoleEvent::Stopped { serve, cpu_s } => {
+            RoleEvent::Stopped { serve, cpu_s, .. } => {
                 measured.server_cpu_s = cpu_s;
                 measured.serve = ServeStats {
                     requests: serve.requests,
