@@ -256,20 +256,24 @@ fn fifty_mbit_rate_gives_goodput_just_below_it() {
         report.idle_rtt
     );
     // The relay saw that queue, and the loaded median is judged against the
-    // configured RTT plus it: never below (no frame leaves before its
-    // schedule), and above by far less than the queue itself (a queue the
-    // check did not account for would put the whole wait there). The
-    // target's own bound (max(2%, 100 us)) is missed here by 0.7-1 ms: on
-    // two cores the relay's spinning threads take CPU from the endpoints
-    // while the flow saturates the link (see the netem README).
+    // configured RTT plus the queue's median. No probe returns before the
+    // configured RTT (no frame leaves before its schedule). The median of
+    // the probes' sum is not the sum of the medians (the probes sample the
+    // queue at their own moments), so the judged error may fall on either
+    // side; what must hold is that it is far smaller than the queue itself
+    // (a queue the check did not account for would put the whole wait
+    // there). The target's own bound (max(2%, 100 us)) is missed here by
+    // 0.1-1 ms: on two cores the relay's spinning threads take CPU from
+    // the endpoints while the flow saturates the link (see the netem
+    // README).
     assert!(relay.loaded_queue_wait_a_to_b_ns.count > 0);
     let queue = relay.loaded_queue_wait_a_to_b_ns.p50_ns as f64;
     assert!(queue >= 1e6, "{:?}", relay.loaded_queue_wait_a_to_b_ns);
     let checks = report.check_targets();
     let loaded = check(&checks, "loaded_rtt_p50");
     assert_ne!(loaded.verdict, Verdict::Skipped, "{loaded:?}");
-    assert!(loaded.error() >= -loaded.allowed_error, "{loaded:?}");
-    assert!(loaded.error() < 0.5 * queue, "{loaded:?}");
+    assert!(loaded.measured >= 2e6, "below the configured RTT: {loaded:?}");
+    assert!(loaded.error().abs() < 0.5 * queue, "{loaded:?}");
     assert_eq!(check(&checks, "loaded_rtt_p99").verdict, Verdict::Skipped);
     assert_ne!(check(&checks, "bulk_goodput").verdict, Verdict::Skipped);
     link.finish();
