@@ -272,7 +272,10 @@ fn fifty_mbit_rate_gives_goodput_just_below_it() {
     let checks = report.check_targets();
     let loaded = check(&checks, "loaded_rtt_p50");
     assert_ne!(loaded.verdict, Verdict::Skipped, "{loaded:?}");
-    assert!(loaded.measured >= 2e6, "below the configured RTT: {loaded:?}");
+    assert!(
+        loaded.measured >= 2e6,
+        "below the configured RTT: {loaded:?}"
+    );
     assert!(loaded.error().abs() < 0.5 * queue, "{loaded:?}");
     assert_eq!(check(&checks, "loaded_rtt_p99").verdict, Verdict::Skipped);
     assert_ne!(check(&checks, "bulk_goodput").verdict, Verdict::Skipped);
