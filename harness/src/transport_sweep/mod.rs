@@ -607,6 +607,28 @@ mod tests {
         assert!((checks[0].value - 0.85).abs() < 1e-9 && checks[0].met);
         assert_eq!(checks[1].target, "frpc/grpc requests_per_s");
         assert!((checks[1].value - 1.5).abs() < 1e-9 && !checks[1].met);
+        // At RTT >= 10 ms a transport is judged against the smaller of its
+        // latency bound and what raw carried at the same point; raw against
+        // what it carried at RTT 0.
+        let at_rtt = |mut r: results::SummaryRow, rtt: f64, bound: f64| {
+            r.params.insert("rtt_ms".to_owned(), serde_json::json!(rtt));
+            r.other_medians
+                .insert("latency_bound_mib_s".to_owned(), bound);
+            r
+        };
+        let delayed = [
+            row("raw", 1024, 64, 1000.0, 1000.0),
+            at_rtt(row("raw", 64, 64, 300.0, 0.0), 10.0, 400.0),
+            at_rtt(row("frpc", 64, 64, 285.0, 0.0), 10.0, 400.0),
+        ];
+        let shares: Vec<_> = targets(&delayed)
+            .into_iter()
+            .filter(|c| c.target.contains("share"))
+            .collect();
+        assert_eq!(shares.len(), 2, "{shares:?}");
+        assert!(shares[0].target.starts_with("raw") && (shares[0].value - 0.75).abs() < 1e-9);
+        assert!(shares[1].target.starts_with("frpc") && (shares[1].value - 0.95).abs() < 1e-9);
+        assert!(shares[1].at.contains("at this point") && shares[1].met);
         let lines = target_lines(&rows[..1]);
         assert!(
             lines.iter().all(|l| l.contains("not measured")),
