@@ -81,9 +81,9 @@ fn seeder_killed_during_the_pull(kind: TransportKind) {
         return;
     }
     const PASSED: u64 = 8;
-    let _dog = Watchdog::arm("the killed-seeder migration", Duration::from_secs(60));
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
+    let _dog = Watchdog::arm("the killed-seeder migration", Duration::from_secs(60), &dir);
     let storage = Arc::new(Stall::new(pattern(4)));
     let gate = Arc::new(AppGate::default());
     let seeder = Seeder::open(
@@ -100,13 +100,17 @@ fn seeder_killed_during_the_pull(kind: TransportKind) {
 
     storage.arm(PASSED);
     let mut leecher = Leecher::open(client.seeder(), leecher_options(&dir), rt.handle()).unwrap();
-    wait_until("the pull to stall", || {
+    wait_until(|| {
         storage.stalled.load(Ordering::SeqCst) >= 1 && leecher.progress().local_chunks == PASSED
     });
     server.kill();
 
     let error = {
-        let _dog = Watchdog::arm("finalize_when after the kill", Duration::from_secs(20));
+        let _dog = Watchdog::arm(
+            "finalize_when after the kill",
+            Duration::from_secs(20),
+            &dir,
+        );
         leecher
             .finalize_when(FinalizePolicy::AfterFractionLocal(1.0))
             .unwrap_err()
@@ -161,9 +165,9 @@ fn sync_fails_and_the_source_resumes(kind: TransportKind) {
     if !can_mount() {
         return;
     }
-    let _dog = Watchdog::arm("the failed-sync migration", Duration::from_secs(120));
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
+    let _dog = Watchdog::arm("the failed-sync migration", Duration::from_secs(120), &dir);
     let expected = pattern(5);
     let storage = Arc::new(Probe::memory(expected.clone()));
     let gate = Arc::new(AppGate::default());
@@ -196,9 +200,7 @@ fn sync_fails_and_the_source_resumes(kind: TransportKind) {
     assert_eq!((gate.suspends(), gate.resumes()), (1, 1), "{kind}");
     assert!(!gate.is_suspended());
     let at_error = writer.count();
-    wait_until("the source application to write again", || {
-        writer.count() > at_error + 5
-    });
+    wait_until(|| writer.count() > at_error + 5);
     assert!(leecher.region().is_none(), "{kind}: still locked");
     assert!(!seeder.stats().suspended);
 

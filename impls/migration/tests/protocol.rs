@@ -23,9 +23,9 @@ fn track_finalize_and_dirty_set(kind: TransportKind) {
     if !can_mount() {
         return;
     }
-    let _dog = Watchdog::arm("the migration", Duration::from_secs(120));
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
+    let _dog = Watchdog::arm("the migration", Duration::from_secs(120), &dir);
     let mut expected = pattern(1);
     let storage = Arc::new(MemoryBackend::from_bytes(expected.clone()));
     let gate = Arc::new(AppGate::default());
@@ -139,10 +139,10 @@ fn a_running_application_is_suspended_at_finalize_and_nothing_is_lost() {
     if !can_mount() {
         return;
     }
-    let _dog = Watchdog::arm("the migration", Duration::from_secs(120));
     let kind = TransportKind::Frpc;
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
+    let _dog = Watchdog::arm("the migration", Duration::from_secs(120), &dir);
     let expected = pattern(2);
     let storage = Arc::new(MemoryBackend::from_bytes(expected.clone()));
     let gate = Arc::new(AppGate::default());
@@ -157,7 +157,7 @@ fn a_running_application_is_suspended_at_finalize_and_nothing_is_lost() {
         .tracked
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let tracked_at = writer.count();
-    wait_until("writes after Track", || writer.count() >= tracked_at + 20);
+    wait_until(|| writer.count() >= tracked_at + 20);
 
     leecher
         .finalize_when(FinalizePolicy::AfterFractionLocal(0.5))
@@ -192,9 +192,9 @@ fn a_chained_migration_keeps_every_byte() {
     if !can_mount() {
         return;
     }
-    let _dog = Watchdog::arm("the chained migration", Duration::from_secs(180));
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
+    let _dog = Watchdog::arm("the chained migration", Duration::from_secs(180), &dir);
     let mut expected = pattern(3);
 
     // A, serving over frpc.

@@ -113,16 +113,29 @@ pub fn assert_unmounted(dir: &tempfile::TempDir) {
 
 /// Fails the test process if it is not disarmed (dropped) within `limit`:
 /// a hang becomes a failure with a message instead of a stuck CI run.
+///
+/// Before aborting it force-unmounts the FUSE mounts under `dir` (ours):
+/// a process whose FUSE server dies with it hangs in exit on its own
+/// descriptors (fusefs README), and a forced unmount aborts the
+/// connection so those requests fail instead.
 pub struct Watchdog {
     disarm: Option<mpsc::Sender<()>>,
 }
 
 impl Watchdog {
-    pub fn arm(what: &'static str, limit: Duration) -> Self {
+    pub fn arm(what: &'static str, limit: Duration, dir: &tempfile::TempDir) -> Self {
         let (tx, rx) = mpsc::channel::<()>();
+        let dir = dir.path().to_owned();
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("FAILED: {what} did not finish within {limit:?}");
+                // Straight to the descriptor: the test harness captures
+                // eprintln! (in spawned threads too) and abort loses it.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "FAILED: {what} did not finish within {limit:?}"
+                );
+                force_unmount_under(&dir);
                 std::process::abort();
             }
         });
@@ -138,9 +151,30 @@ impl Drop for Watchdog {
     }
 }
 
-/// Waits until `done()` holds, polling; a watchdog bounds it.
-pub fn wait_until(what: &'static str, mut done: impl FnMut() -> bool) {
-    let _dog = Watchdog::arm(what, Duration::from_secs(60));
+/// Forcibly unmounts every mount point under `dir`.
+fn force_unmount_under(dir: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if !std::path::Path::new(point).starts_with(dir) {
+            continue;
+        }
+        let Ok(path) = std::ffi::CString::new(point) else {
+            continue;
+        };
+        // MNT_FORCE aborts the FUSE connection; a mount still busy after
+        // it is then detached. SAFETY: `path` is a NUL-terminated string
+        // that outlives both calls, which only read it.
+        unsafe {
+            libc::umount2(path.as_ptr(), libc::MNT_FORCE);
+            libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+/// Waits until `done()` holds, polling; the test's watchdog bounds it.
+pub fn wait_until(mut done: impl FnMut() -> bool) {
     while !done() {
         std::thread::sleep(Duration::from_millis(2));
     }
