@@ -158,6 +158,57 @@ fn tarpc_seeder_killed_during_the_pull() {
     seeder_killed_during_the_pull(TransportKind::Tarpc);
 }
 
+/// The seeder's server dies after finalize, with the rest of the pull in
+/// flight: `wait_complete` fails with the count of chunks still missing.
+#[test]
+fn seeder_killed_after_finalize_is_reported_by_wait_complete() {
+    if !can_mount() {
+        return;
+    }
+    const PASSED: u64 = 8;
+    let kind = TransportKind::Frpc;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let _dog = Watchdog::arm(
+        "the killed-after-finalize migration",
+        Duration::from_secs(60),
+        &dir,
+    );
+    let storage = Arc::new(Stall::new(pattern(7)));
+    let gate = Arc::new(AppGate::default());
+    let seeder = Seeder::open(
+        storage.clone(),
+        seeder_options(&dir),
+        gate.clone(),
+        rt.handle(),
+    )
+    .unwrap();
+    let server = seeder
+        .serve(kind, "127.0.0.1:0".parse().unwrap(), config())
+        .unwrap();
+    let client = rt.block_on(kind.connect(server.addr(), &config())).unwrap();
+    storage.arm(PASSED);
+    let mut leecher = Leecher::open(client.seeder(), leecher_options(&dir), rt.handle()).unwrap();
+    wait_until(|| {
+        storage.stalled.load(Ordering::SeqCst) >= 1 && leecher.progress().local_chunks == PASSED
+    });
+    leecher.finalize().unwrap();
+    assert_eq!(leecher.dirty_chunks(), Some(vec![]));
+    server.kill();
+
+    match leecher.wait_complete() {
+        Err(MigrationError::PullFailed { missing, total, .. }) => {
+            assert_eq!((missing, total), (CHUNKS - PASSED, CHUNKS));
+        }
+        other => panic!("expected PullFailed, got {other:?}"),
+    }
+    assert_eq!(leecher.progress().phase, Phase::Failed);
+    assert!(!seeder.is_closed(), "Close is only sent at 100%");
+    leecher.close().unwrap();
+    seeder.close().unwrap();
+    assert_unmounted(&dir);
+}
+
 /// The seeder's flush fails during Sync: finalize fails clearly, the
 /// source application is resumed and runs on, the region stays locked; a
 /// retry once the storage recovers migrates every byte.
