@@ -33,7 +33,8 @@
 //! - **[`SyncedReadWriterAt::mark_remote`]** makes chunks remote again so the
 //!   next read re-pulls them (migration: chunks the source dirtied after
 //!   they were pulled). A chunk that is busy when marked goes back to remote
-//!   when its pull or write finishes.
+//!   when its pull or write finishes, and readers that were waiting on that
+//!   pull pull it again rather than read the bytes it left in local.
 //!
 //! # The hook
 //!
@@ -282,10 +283,12 @@ impl SyncedReadWriterAt {
         loop {
             match self.claim(chunk) {
                 Claim::Local => return Ok(()),
+                // A pull that succeeded may still have left the chunk
+                // remote (`mark_remote` made it stale meanwhile), so look
+                // again rather than trust it: local now, or ours to pull.
                 Claim::Wait(done) => match Self::wait(done).await {
-                    Some(Ok(())) => return Ok(()),
+                    Some(Ok(())) | None => continue,
                     Some(Err(error)) => return Err(copy_error(&error)),
-                    None => continue,
                 },
                 Claim::Own(owner) => {
                     return match self.pull(chunk).await {
@@ -595,6 +598,41 @@ mod tests {
             Err(StageError::ChunkOutOfRange { index: 2, count: 2 })
         ));
         assert!(f.stage.is_local(0), "a rejected call changes nothing");
+    }
+
+    /// Migration's finalize marks a chunk remote while a pull of its old
+    /// bytes is under way; a reader that waited on that pull must not be
+    /// served the old bytes the pull left in local.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_waiting_on_a_pull_marked_stale_gets_the_new_bytes() {
+        let remote = Arc::new(MemoryBackend::from_bytes(vec![1; 64]));
+        // The pull reads the remote at once, then spends 50 ms writing local.
+        let local = Arc::new(Probe::zeros(64).with_delay(Duration::from_millis(50)));
+        let stage = Arc::new(
+            SyncedReadWriterAt::new(remote.clone(), local.clone(), 64)
+                .await
+                .unwrap(),
+        );
+        let first = {
+            let stage = stage.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8];
+                stage.read_exact_at(&mut buf, 0).await.map(|()| buf)
+            })
+        };
+        // The pull has read the old bytes and is writing them to local.
+        while local.writes() == 0 {
+            tokio::task::yield_now().await;
+        }
+        remote.write_at(&[2; 64], 0).await.unwrap();
+        stage.mark_remote([0]).unwrap();
+        let mut buf = [0u8; 8];
+        stage.read_exact_at(&mut buf, 0).await.unwrap();
+        assert_eq!(buf, [2; 8], "a read after mark_remote got the old bytes");
+        assert!(stage.is_local(0));
+        // The read that started before the mark may see either version.
+        let early = first.await.unwrap().unwrap();
+        assert!(early == [1; 8] || early == [2; 8]);
     }
 
     #[tokio::test]
