@@ -40,8 +40,11 @@ pub trait Seeder: Send + Sync + fmt::Debug {
     async fn size(&self) -> Result<u64>;
     /// Starts recording writes.
     async fn track(&self) -> Result<()>;
-    /// Flushes and returns the chunk offsets written since the last call (or
-    /// since `track`), sorted ascending.
+    /// Flushes and returns chunk offsets written since `track`, sorted
+    /// ascending: at least those written since the previous `sync`. An
+    /// implementation may return every offset since `track` (the migration
+    /// crate's seeder does, so a `sync` whose reply was lost loses nothing);
+    /// [`BackendSeeder`] returns only those since the previous call.
     async fn sync(&self) -> Result<Vec<u64>>;
     /// Ends the migration; later calls may fail with [`BackendError::Closed`].
     async fn close(&self) -> Result<()>;
