@@ -85,6 +85,9 @@ pub fn unmount_leftovers(prefix: &str) -> Result<CleanupReport, CleanupError> {
         });
     }
     let mut found = matching(prefix)?;
+    if !found.is_empty() {
+        ensure_fusectl();
+    }
     // Longer paths first so a mount on a directory inside another leftover
     // goes before its parent.
     found.sort_by_key(|m| std::cmp::Reverse(m.mount_point.as_os_str().len()));
@@ -106,6 +109,31 @@ pub fn unmount_leftovers(prefix: &str) -> Result<CleanupReport, CleanupError> {
 
 /// Where the fusectl file system is usually mounted.
 pub const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Mounts fusectl at [`FUSECTL`] if it is not there (root only), so a
+/// leftover's connection can be aborted: a process stuck exiting with a
+/// dirty mapping of a file it served itself is freed by nothing else.
+/// Returns whether fusectl is mounted now.
+pub fn ensure_fusectl() -> bool {
+    let mounted = || {
+        mounts()
+            .map(|all| all.iter().any(|m| m.mount_point == Path::new(FUSECTL)))
+            .unwrap_or(false)
+    };
+    if mounted() {
+        return true;
+    }
+    if let Err(e) = nix::mount::mount(
+        Some("fusectl"),
+        FUSECTL,
+        Some("fusectl"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    ) {
+        tracing::debug!("mounting fusectl at {FUSECTL}: {e}");
+    }
+    mounted()
+}
 
 /// Aborts the FUSE connection of the mount with device `major:minor`
 /// through fusectl: every pending and future request fails with
@@ -211,6 +239,20 @@ fn unescape(bytes: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn as_root_fusectl_is_mounted_for_aborting_leftovers() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: mounting fusectl needs root");
+            return;
+        }
+        if !Path::new("/sys/fs/fuse").exists() {
+            eprintln!("skipping: this kernel has no /sys/fs/fuse");
+            return;
+        }
+        assert!(ensure_fusectl());
+        assert!(Path::new(FUSECTL).is_dir());
+    }
+
     use super::*;
 
     const SAMPLE: &str = "\
