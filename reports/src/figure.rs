@@ -211,6 +211,13 @@ pub fn build(spec: &'static FigureSpec, run: &Run) -> FigureData {
     // Extras look at the scenario's cells through their own filters.
     let scenario_records = records.clone();
     records.retain(|r| spec.filters.iter().all(|f| passes(r, f)));
+    // Cells without anything this figure plots (a read cell in a write
+    // figure) neither make panels nor pin settings.
+    records.retain(|r| {
+        spec.measures
+            .iter()
+            .any(|m| !values_of(&[*r], &m.source).is_empty())
+    });
 
     let series_dim = spec.series.name();
     let xd = x_dim(&spec.x);
@@ -652,6 +659,31 @@ mod tests {
         assert!(
             text.contains(",baseline (local memory),,2,1,3,2,min-max,µs\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn cells_without_the_plotted_metric_make_no_panel() {
+        let mut records = vec![rec(
+            "uffd",
+            serde_json::json!({"workload": "sequential", "rtt_ms": 1.0}),
+            0,
+            7.0,
+        )];
+        let mut write = rec(
+            "uffd",
+            serde_json::json!({"workload": "sequential-write", "rtt_ms": 1.0}),
+            0,
+            0.0,
+        );
+        write.metrics.remove("first_chunk_latency_us");
+        records.push(write);
+        let spec = crate::catalog::find("rtt-sweep-first-chunk-latency-vs-rtt").unwrap();
+        let fig = build(spec, &run(records));
+        assert_eq!(fig.panels.len(), 1, "{:?}", fig.panels);
+        assert_eq!(
+            fig.constant,
+            vec![("workload".to_string(), "sequential".to_string())]
         );
     }
 
