@@ -85,9 +85,8 @@ pub fn unmount_leftovers(prefix: &str) -> Result<CleanupReport, CleanupError> {
         });
     }
     let mut found = matching(prefix)?;
-    if !found.is_empty() {
-        ensure_fusectl();
-    }
+    // Held while aborting; unmounted again if it was mounted for this.
+    let _fusectl = (!found.is_empty()).then(Fusectl::ensure);
     // Longer paths first so a mount on a directory inside another leftover
     // goes before its parent.
     found.sort_by_key(|m| std::cmp::Reverse(m.mount_point.as_os_str().len()));
@@ -110,29 +109,53 @@ pub fn unmount_leftovers(prefix: &str) -> Result<CleanupReport, CleanupError> {
 /// Where the fusectl file system is usually mounted.
 pub const FUSECTL: &str = "/sys/fs/fuse/connections";
 
-/// Mounts fusectl at [`FUSECTL`] if it is not there (root only), so a
-/// leftover's connection can be aborted: a process stuck exiting with a
-/// dirty mapping of a file it served itself is freed by nothing else.
-/// Returns whether fusectl is mounted now.
-pub fn ensure_fusectl() -> bool {
-    let mounted = || {
+/// fusectl at [`FUSECTL`], mounted for as long as this lives if it was not
+/// there (root only), so a leftover's connection can be aborted: a process
+/// stuck exiting with a dirty mapping of a file it served itself is freed
+/// by nothing else. Unmounts on drop what it mounted, and only that.
+#[derive(Debug)]
+pub struct Fusectl {
+    mounted_here: bool,
+}
+
+impl Fusectl {
+    pub fn ensure() -> Self {
+        if Self::is_mounted() {
+            return Self {
+                mounted_here: false,
+            };
+        }
+        let mounted = nix::mount::mount(
+            Some("fusectl"),
+            FUSECTL,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+        if let Err(e) = &mounted {
+            tracing::debug!("mounting fusectl at {FUSECTL}: {e}");
+        }
+        Self {
+            mounted_here: mounted.is_ok(),
+        }
+    }
+
+    /// Whether fusectl is mounted at [`FUSECTL`].
+    pub fn is_mounted() -> bool {
         mounts()
             .map(|all| all.iter().any(|m| m.mount_point == Path::new(FUSECTL)))
             .unwrap_or(false)
-    };
-    if mounted() {
-        return true;
     }
-    if let Err(e) = nix::mount::mount(
-        Some("fusectl"),
-        FUSECTL,
-        Some("fusectl"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    ) {
-        tracing::debug!("mounting fusectl at {FUSECTL}: {e}");
+}
+
+impl Drop for Fusectl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            if let Err(e) = nix::mount::umount2(FUSECTL, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!("unmounting fusectl from {FUSECTL}: {e}");
+            }
+        }
     }
-    mounted()
 }
 
 /// Aborts the FUSE connection of the mount with device `major:minor`
@@ -239,8 +262,10 @@ fn unescape(bytes: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn as_root_fusectl_is_mounted_for_aborting_leftovers() {
+    fn as_root_fusectl_is_mounted_while_held_and_left_as_found() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipping: mounting fusectl needs root");
             return;
@@ -249,11 +274,12 @@ mod tests {
             eprintln!("skipping: this kernel has no /sys/fs/fuse");
             return;
         }
-        assert!(ensure_fusectl());
-        assert!(Path::new(FUSECTL).is_dir());
+        let before = Fusectl::is_mounted();
+        let held = Fusectl::ensure();
+        assert!(Fusectl::is_mounted());
+        drop(held);
+        assert_eq!(Fusectl::is_mounted(), before);
     }
-
-    use super::*;
 
     const SAMPLE: &str = "\
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
