@@ -14,15 +14,13 @@
 //! implementation, while a path exists only for the mounts (and a kernel
 //! NBD device reports size 0 to `stat`, which SQLite takes for empty).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use results::LatencyHistogram;
 use rusqlite::{ffi, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::workload::WorkloadOutcome;
+use crate::workload::{timed_accesses, WorkloadOutcome};
 
 /// The share of the region the database fills; the rest is the seeded
 /// pattern, which SQLite never reads.
@@ -229,24 +227,17 @@ pub fn run_lookups(
         .prepare(LOOKUP)
         .map_err(|e| SqliteAppError::Open(e.to_string()))?;
     let mut answers = Sha256::new();
-    let mut latency = LatencyHistogram::new();
-    let mut cpus = BTreeMap::new();
-    let mut first_access = None;
     let mut bytes_read = 0u64;
-    let mut truncated = false;
-    let mut done = 0;
-    for (index, &key) in keys.iter().enumerate() {
-        let t0 = Instant::now();
-        if t0 >= deadline || crate::interrupt::requested() {
-            truncated = true;
-            break;
-        }
+    let mut index = 0;
+    let opened = start.elapsed();
+    let timed = timed_accesses(keys, deadline, CPU_SAMPLE_EVERY, |key| {
         let row = lookup
             .query_row([key as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
             })
             .optional()
             .map_err(|source| SqliteAppError::Query { index, key, source })?;
+        index += 1;
         match &row {
             Some((id, blob)) => {
                 answers.update(id.to_le_bytes());
@@ -257,29 +248,23 @@ pub fn run_lookups(
             // Past the largest key: an answer too, and a distinct one.
             None => answers.update(u64::MAX.to_le_bytes()),
         }
-        latency.record(t0.elapsed().as_nanos() as u64);
-        if index == 0 {
-            first_access = Some(start.elapsed());
-        }
-        if index % CPU_SAMPLE_EVERY == 0 {
-            crate::host::count_cpu(&mut cpus, crate::host::current_cpu());
-        }
-        done += 1;
-    }
+        Ok(())
+    })?;
     let elapsed = start.elapsed();
     drop(lookup);
     drop(db);
     Ok(QueryOutcome {
         workload: WorkloadOutcome {
-            accesses: done,
+            accesses: timed.done,
             bytes_read,
             bytes_written: 0,
             elapsed,
             flush: None,
-            first_access,
-            latency,
-            truncated,
-            cpus,
+            // The time to useful work: opening the database counts.
+            first_access: timed.first_access.map(|first| opened + first),
+            latency: timed.latency,
+            truncated: timed.truncated,
+            cpus: timed.cpus,
         },
         answers_sha256: answers
             .finalize()

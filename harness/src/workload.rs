@@ -198,6 +198,58 @@ impl WorkloadOutcome {
 /// How often the loop samples which CPU it runs on.
 const CPU_SAMPLE_EVERY: usize = 64;
 
+/// What [`timed_accesses`] saw.
+#[derive(Debug)]
+pub struct TimedAccesses {
+    /// Accesses completed.
+    pub done: usize,
+    /// Each access, from its start to its return.
+    pub latency: LatencyHistogram,
+    /// The first access alone.
+    pub first_access: Option<Duration>,
+    /// Stopped at the deadline (or by Ctrl-C) before the last access.
+    pub truncated: bool,
+    /// CPU the loop was seen on -> samples.
+    pub cpus: BTreeMap<String, u64>,
+}
+
+/// The loop every workload times its accesses with: `access(item)` for each
+/// item of `order` until done, `deadline` or Ctrl-C, each one timed, the
+/// CPU sampled every `cpu_every` accesses. An access that fails ends the
+/// loop with its error.
+pub fn timed_accesses<T: Copy, E>(
+    order: &[T],
+    deadline: Instant,
+    cpu_every: usize,
+    mut access: impl FnMut(T) -> Result<(), E>,
+) -> Result<TimedAccesses, E> {
+    let mut timed = TimedAccesses {
+        done: 0,
+        latency: LatencyHistogram::new(),
+        first_access: None,
+        truncated: false,
+        cpus: BTreeMap::new(),
+    };
+    for (i, &item) in order.iter().enumerate() {
+        let t0 = Instant::now();
+        if t0 >= deadline || crate::interrupt::requested() {
+            timed.truncated = true;
+            break;
+        }
+        access(item)?;
+        let took = t0.elapsed();
+        timed.latency.record(took.as_nanos() as u64);
+        if i == 0 {
+            timed.first_access = Some(took);
+        }
+        if i % cpu_every.max(1) == 0 {
+            crate::host::count_cpu(&mut timed.cpus, crate::host::current_cpu());
+        }
+        timed.done += 1;
+    }
+    Ok(timed)
+}
+
 /// Reads `region` at each offset of `order`, `access_bytes` at a time, until
 /// done or `deadline`. Each access copies into a scratch buffer, which is what
 /// an application reading its memory does; the copy is kept from being
@@ -209,41 +261,24 @@ pub fn run_reads(
     deadline: Instant,
 ) -> WorkloadOutcome {
     let mut scratch = vec![0u8; access_bytes];
-    let mut latency = LatencyHistogram::new();
-    let mut cpus = BTreeMap::new();
-    let mut first_access = None;
-    let mut truncated = false;
-    let mut done = 0;
     let start = Instant::now();
-    for (i, &offset) in order.iter().enumerate() {
-        let t0 = Instant::now();
-        if t0 >= deadline || crate::interrupt::requested() {
-            truncated = true;
-            break;
-        }
+    let timed = timed_accesses(order, deadline, CPU_SAMPLE_EVERY, |offset| {
         let at = offset as usize;
         scratch.copy_from_slice(&region[at..at + access_bytes]);
         std::hint::black_box(&mut scratch);
-        let took = t0.elapsed();
-        latency.record(took.as_nanos() as u64);
-        if i == 0 {
-            first_access = Some(took);
-        }
-        if i % CPU_SAMPLE_EVERY == 0 {
-            crate::host::count_cpu(&mut cpus, crate::host::current_cpu());
-        }
-        done += 1;
-    }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let Ok(timed) = timed;
     WorkloadOutcome {
-        accesses: done,
-        bytes_read: done as u64 * access_bytes as u64,
+        accesses: timed.done,
+        bytes_read: timed.done as u64 * access_bytes as u64,
         bytes_written: 0,
         elapsed: start.elapsed(),
         flush: None,
-        first_access,
-        latency,
-        truncated,
-        cpus,
+        first_access: timed.first_access,
+        latency: timed.latency,
+        truncated: timed.truncated,
+        cpus: timed.cpus,
     }
 }
 
@@ -294,47 +329,30 @@ pub fn run_writes<R: std::ops::DerefMut<Target = [u8]>>(
     flush: impl FnOnce(&mut R) -> Result<(), String>,
 ) -> Result<WorkloadOutcome, String> {
     let bytes: &mut [u8] = region;
-    let mut latency = LatencyHistogram::new();
-    let mut cpus = BTreeMap::new();
-    let mut first_access = None;
-    let mut truncated = false;
-    let mut done = 0;
     let start = Instant::now();
-    for (i, &offset) in order.iter().enumerate() {
-        let t0 = Instant::now();
-        if t0 >= deadline || crate::interrupt::requested() {
-            truncated = true;
-            break;
-        }
+    let timed = timed_accesses(order, deadline, CPU_SAMPLE_EVERY, |offset| {
         let at = offset as usize;
         write_payload(
             &mut bytes[at..at + access_bytes],
             &source[at..at + access_bytes],
         );
         std::hint::black_box(&mut bytes[at]);
-        let took = t0.elapsed();
-        latency.record(took.as_nanos() as u64);
-        if i == 0 {
-            first_access = Some(took);
-        }
-        if i % CPU_SAMPLE_EVERY == 0 {
-            crate::host::count_cpu(&mut cpus, crate::host::current_cpu());
-        }
-        done += 1;
-    }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let Ok(timed) = timed;
     let flush_start = Instant::now();
     flush(region)?;
     let flushed = flush_start.elapsed();
     Ok(WorkloadOutcome {
-        accesses: done,
+        accesses: timed.done,
         bytes_read: 0,
-        bytes_written: done as u64 * access_bytes as u64,
+        bytes_written: timed.done as u64 * access_bytes as u64,
         elapsed: start.elapsed(),
         flush: Some(flushed),
-        first_access,
-        latency,
-        truncated,
-        cpus,
+        first_access: timed.first_access,
+        latency: timed.latency,
+        truncated: timed.truncated,
+        cpus: timed.cpus,
     })
 }
 
