@@ -74,17 +74,28 @@ impl Backend for Stall {
     }
 }
 
-/// The seeder's server dies with pulls in flight: the leecher fails with
-/// the count of chunks it lacks, without calling Sync, within a deadline.
-fn seeder_killed_during_the_pull(kind: TransportKind) {
-    if !can_mount() {
-        return;
-    }
-    const PASSED: u64 = 8;
+/// Chunks a half-done pull lets through before its storage hangs.
+const PASSED: u64 = 8;
+
+/// A migration whose pull has taken [`PASSED`] chunks and hangs on the
+/// next: a seeder over [`Stall`] storage of `seed`'s pattern, served over
+/// `kind`, and a leecher connected to it. Fields drop in order, the
+/// watchdog and the directory last.
+struct HalfPulled {
+    leecher: Leecher,
+    server: migration::SeederServer,
+    seeder: Seeder,
+    gate: Arc<AppGate>,
+    rt: tokio::runtime::Runtime,
+    _dog: Watchdog,
+    dir: tempfile::TempDir,
+}
+
+fn half_pulled(kind: TransportKind, seed: u64, what: &'static str) -> HalfPulled {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let _dog = Watchdog::arm("the killed-seeder migration", Duration::from_secs(60), &dir);
-    let storage = Arc::new(Stall::new(pattern(4)));
+    let dog = Watchdog::arm(what, Duration::from_secs(60), &dir);
+    let storage = Arc::new(Stall::new(pattern(seed)));
     let gate = Arc::new(AppGate::default());
     let seeder = Seeder::open(
         storage.clone(),
@@ -97,12 +108,37 @@ fn seeder_killed_during_the_pull(kind: TransportKind) {
         .serve(kind, "127.0.0.1:0".parse().unwrap(), config())
         .unwrap();
     let client = rt.block_on(kind.connect(server.addr(), &config())).unwrap();
-
     storage.arm(PASSED);
-    let mut leecher = Leecher::open(client.seeder(), leecher_options(&dir), rt.handle()).unwrap();
+    let leecher = Leecher::open(client.seeder(), leecher_options(&dir), rt.handle()).unwrap();
     wait_until(|| {
         storage.stalled.load(Ordering::SeqCst) >= 1 && leecher.progress().local_chunks == PASSED
     });
+    HalfPulled {
+        leecher,
+        server,
+        seeder,
+        gate,
+        rt,
+        _dog: dog,
+        dir,
+    }
+}
+
+/// The seeder's server dies with pulls in flight: the leecher fails with
+/// the count of chunks it lacks, without calling Sync, within a deadline.
+fn seeder_killed_during_the_pull(kind: TransportKind) {
+    if !can_mount() {
+        return;
+    }
+    let HalfPulled {
+        rt: _rt,
+        dir,
+        gate,
+        seeder,
+        server,
+        mut leecher,
+        _dog,
+    } = half_pulled(kind, 4, "the killed-seeder migration");
     server.kill();
 
     let error = {
@@ -165,33 +201,19 @@ fn seeder_killed_after_finalize_is_reported_by_wait_complete() {
     if !can_mount() {
         return;
     }
-    const PASSED: u64 = 8;
-    let kind = TransportKind::Frpc;
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let _dog = Watchdog::arm(
+    let HalfPulled {
+        rt: _rt,
+        dir,
+        seeder,
+        server,
+        mut leecher,
+        _dog,
+        ..
+    } = half_pulled(
+        TransportKind::Frpc,
+        7,
         "the killed-after-finalize migration",
-        Duration::from_secs(60),
-        &dir,
     );
-    let storage = Arc::new(Stall::new(pattern(7)));
-    let gate = Arc::new(AppGate::default());
-    let seeder = Seeder::open(
-        storage.clone(),
-        seeder_options(&dir),
-        gate.clone(),
-        rt.handle(),
-    )
-    .unwrap();
-    let server = seeder
-        .serve(kind, "127.0.0.1:0".parse().unwrap(), config())
-        .unwrap();
-    let client = rt.block_on(kind.connect(server.addr(), &config())).unwrap();
-    storage.arm(PASSED);
-    let mut leecher = Leecher::open(client.seeder(), leecher_options(&dir), rt.handle()).unwrap();
-    wait_until(|| {
-        storage.stalled.load(Ordering::SeqCst) >= 1 && leecher.progress().local_chunks == PASSED
-    });
     leecher.finalize().unwrap();
     assert_eq!(leecher.dirty_chunks(), Some(vec![]));
     server.kill();
