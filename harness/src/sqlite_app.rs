@@ -266,11 +266,7 @@ pub fn run_lookups(
             truncated: timed.truncated,
             cpus: timed.cpus,
         },
-        answers_sha256: answers
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        answers_sha256: crate::source::hex(&answers.finalize()),
     })
 }
 
