@@ -12,13 +12,19 @@
 //! - **`Sync`** suspends the application ([`AppControl::suspend`]), flushes
 //!   the device (`fsync`, which writes back the pages every mapping of it
 //!   dirtied, as `msync` does) and returns the offsets of every chunk
-//!   written since `Track`, ascending. The set is not cleared: a leecher
+//!   written since `Track` (or the last `Dirty`), ascending. The set is not cleared: a leecher
 //!   that lost the reply and calls again gets everything again, never less
 //!   (the transports' `BackendSeeder` clears; a lost reply there loses
 //!   chunks). If suspending or flushing fails, the application is resumed
 //!   and `Sync` fails; the dirty record is kept, so `Sync` can be retried.
 //!   On success the application stays suspended: it now runs at the
 //!   destination.
+//! - **`Dirty`** (the rounds of an iterative pre-copy) flushes and returns
+//!   the chunks written since `Track` or the previous `Dirty`, and starts a
+//!   new round, without suspending the application. A later `Sync` returns
+//!   only what was written after the last `Dirty`: what a pre-copy's final
+//!   stop-and-copy still has to move. (A `Dirty` reply that is lost loses
+//!   its round; a pre-copy that loses one must start over.)
 //! - **`Close`** ends the service: every later call fails with
 //!   [`BackendError::Closed`], and [`Seeder::wait_closed`] returns. Taking
 //!   the device and server down is the owner's [`Seeder::close`] and
@@ -96,17 +102,23 @@ pub struct SeederStats {
     pub bytes_read: u64,
     /// `Sync` calls that succeeded.
     pub syncs: u64,
-    /// Chunks written since `Track` (as of the last `Sync`).
+    /// Chunks written since `Track` or the last `Dirty` (as of the last
+    /// `Sync`).
     pub dirty_chunks: u64,
+    /// `Dirty` rounds served.
+    pub rounds: u64,
 }
 
 #[derive(Debug, Default)]
 struct ServiceState {
     tracking: bool,
     suspended: bool,
-    /// Chunk indices written since `Track`, kept across `Sync`s.
+    /// Chunk indices written since `Track` or the last `Dirty`, kept
+    /// across `Sync`s.
     dirty: BTreeSet<u64>,
     syncs: u64,
+    /// `Dirty` rounds served.
+    rounds: u64,
 }
 
 /// The transports' [`transports::Seeder`] service of one seeder. Serve it
@@ -152,6 +164,7 @@ impl SeederService {
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             syncs: state.syncs,
             dirty_chunks: state.dirty.len() as u64,
+            rounds: state.rounds,
         }
     }
 
@@ -250,6 +263,24 @@ impl transports::Seeder for SeederService {
         let chunk_size = self.geometry.chunk_size();
         tracing::debug!(dirty = state.dirty.len(), "synced; application suspended");
         Ok(state.dirty.iter().map(|c| c * chunk_size).collect())
+    }
+
+    async fn dirty(&self) -> Result<Vec<u64>> {
+        self.check_open()?;
+        let _protocol = self.protocol.lock().await;
+        if !self.state.lock().tracking {
+            return Err(BackendError::Remote(
+                "Dirty before Track: no writes have been recorded".into(),
+            ));
+        }
+        self.flush().await?;
+        let mut state = self.state.lock();
+        let mut round = std::mem::take(&mut state.dirty);
+        round.extend(self.tracking.take_dirty());
+        state.rounds += 1;
+        let chunk_size = self.geometry.chunk_size();
+        tracing::debug!(dirty = round.len(), round = state.rounds, "pre-copy round");
+        Ok(round.into_iter().map(|c| c * chunk_size).collect())
     }
 
     async fn close(&self) -> Result<()> {

@@ -59,6 +59,9 @@ impl transports::Seeder for TestSeeder {
         *self.synced.lock() = Some((self.storage.reads(), Instant::now()));
         Ok(self.dirty.clone())
     }
+    async fn dirty(&self) -> backends::Result<Vec<u64>> {
+        Ok(self.dirty.clone())
+    }
     async fn close(&self) -> backends::Result<()> {
         Ok(())
     }

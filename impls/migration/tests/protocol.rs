@@ -14,7 +14,7 @@ use std::time::Duration;
 use backends::MemoryBackend;
 use common::*;
 use migration::{AppGate, FinalizePolicy, Leecher, Phase, Seeder};
-use transports::TransportKind;
+use transports::{Seeder as _, TransportKind};
 
 /// An application writes before and after Track; after finalize the
 /// leecher holds the seeder's final bytes and the dirty set is exactly the
@@ -264,5 +264,57 @@ fn a_chained_migration_keeps_every_byte() {
     drop((client_a, client_b));
     server_a.stop().unwrap();
     server_b.stop().unwrap();
+    assert_unmounted(&dir);
+}
+
+/// Pre-copy rounds: each `Dirty` returns the chunks written in its round
+/// only, without suspending the application, and the final `Sync` returns
+/// only what was written after the last round.
+#[test]
+fn dirty_rounds_return_one_round_each_and_sync_the_rest() {
+    if !can_mount() {
+        return;
+    }
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let _dog = Watchdog::arm("the pre-copy rounds", Duration::from_secs(120), &dir);
+    let mut expected = pattern(3);
+    let storage = Arc::new(MemoryBackend::from_bytes(expected.clone()));
+    let gate = Arc::new(AppGate::default());
+    let seeder = Seeder::open(storage, seeder_options(&dir), gate.clone(), rt.handle()).unwrap();
+    let mut app = seeder.region().map().unwrap();
+    let kind = TransportKind::Frpc;
+    let server = seeder
+        .serve(kind, "127.0.0.1:0".parse().unwrap(), config())
+        .unwrap();
+    let client = rt.block_on(kind.connect(server.addr(), &config())).unwrap();
+    let remote = client.seeder();
+    rt.block_on(remote.track()).unwrap();
+
+    let mut round = |offsets: &[u64]| {
+        {
+            let _pass = gate.enter();
+            for &offset in offsets {
+                write(&mut app, &mut expected, offset, b"round");
+            }
+        }
+        let dirty = rt.block_on(remote.dirty()).unwrap();
+        assert!(!gate.is_suspended(), "Dirty suspended the application");
+        dirty
+    };
+    assert_eq!(round(&[CHUNK, 3 * CHUNK + 7]), vec![CHUNK, 3 * CHUNK]);
+    assert_eq!(round(&[2 * CHUNK]), vec![2 * CHUNK]);
+    assert_eq!(round(&[]), Vec::<u64>::new());
+    {
+        let _pass = gate.enter();
+        write(&mut app, &mut expected, 6 * CHUNK + 1, b"last");
+    }
+    assert_eq!(rt.block_on(remote.sync()).unwrap(), vec![6 * CHUNK]);
+    assert!(gate.is_suspended(), "Sync suspends");
+    assert_eq!(seeder.stats().rounds, 3);
+
+    drop(app);
+    seeder.close().unwrap();
+    server.stop().unwrap();
     assert_unmounted(&dir);
 }

@@ -357,10 +357,11 @@ fn outcome(op: Op, body: Bytes) -> Result<Outcome> {
             }
             Ok(Outcome::Size(b.get_u64_le()))
         }
-        Op::SeederSync => {
+        Op::SeederSync | Op::Dirty => {
             if !body.len().is_multiple_of(8) {
                 return Err(BackendError::Remote(format!(
-                    "seeder.Sync reply body is {} bytes, not a whole number of u64 offsets",
+                    "{} reply body is {} bytes, not a whole number of u64 offsets",
+                    op.method(),
                     body.len()
                 )));
             }

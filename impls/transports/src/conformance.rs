@@ -306,6 +306,9 @@ pub async fn each_seeder_method(kind: TransportKind) {
         assert_eq!(dirty, vec![0, 4096, 36_864], "{kind}: dirty offsets");
         let again = ok(format!("{kind}: seeder.Sync"), remote.sync().await);
         assert!(again.is_empty(), "{kind}: Sync did not clear: {again:?}");
+        ok("local write", seeder.write_at(b"q", 8192).await);
+        let round = ok(format!("{kind}: seeder.Dirty"), remote.dirty().await);
+        assert_eq!(round, vec![8192], "{kind}: Dirty's round");
         ok(format!("{kind}: seeder.Close"), remote.close().await);
         assert!(seeder.is_closed(), "{kind}: Close did not reach the seeder");
         match remote.read_at(&mut buf, 0).await {
@@ -317,6 +320,7 @@ pub async fn each_seeder_method(kind: TransportKind) {
             ("Track", remote.track().await),
             ("Close", remote.close().await),
             ("Sync", remote.sync().await.map(drop)),
+            ("Dirty", remote.dirty().await.map(drop)),
         ] {
             match result {
                 Err(BackendError::Remote(m)) if m.contains("not supported") => {}

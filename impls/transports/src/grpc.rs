@@ -239,6 +239,10 @@ impl pb::seeder_server::Seeder for GrpcServer {
         Ok(Response::new(dirty_reply(self.run(Call::SeederSync).await)))
     }
 
+    async fn dirty(&self, _: Request<pb::Empty>) -> Answer<pb::DirtyReply> {
+        Ok(Response::new(dirty_reply(self.run(Call::Dirty).await)))
+    }
+
     async fn close(&self, _: Request<pb::Empty>) -> Answer<pb::DoneReply> {
         Ok(Response::new(done_reply(self.run(Call::Close).await)))
     }
@@ -421,6 +425,10 @@ impl Rpc for GrpcClient {
             }
             Call::SeederSync => {
                 let r = seeder.sync(pb::Empty {}).await;
+                Outcome::Dirty(checked(method, r, |r| r.error.take())?.offsets)
+            }
+            Call::Dirty => {
+                let r = seeder.dirty(pb::Empty {}).await;
                 Outcome::Dirty(checked(method, r, |r| r.error.take())?.offsets)
             }
             Call::Close => {

@@ -130,6 +130,8 @@ enum WireCall {
     Track,
     #[serde(rename = "seeder.Sync")]
     SeederSync,
+    #[serde(rename = "seeder.Dirty")]
+    Dirty,
     #[serde(rename = "seeder.Close")]
     Close,
 }
@@ -148,6 +150,7 @@ impl From<Call> for WireCall {
             Call::SeederSize => Self::SeederSize,
             Call::Track => Self::Track,
             Call::SeederSync => Self::SeederSync,
+            Call::Dirty => Self::Dirty,
             Call::Close => Self::Close,
         }
     }
@@ -167,6 +170,7 @@ impl From<WireCall> for Call {
             WireCall::SeederSize => Self::SeederSize,
             WireCall::Track => Self::Track,
             WireCall::SeederSync => Self::SeederSync,
+            WireCall::Dirty => Self::Dirty,
             WireCall::Close => Self::Close,
         }
     }

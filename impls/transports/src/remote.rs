@@ -316,6 +316,16 @@ impl<R: Rpc> Seeder for RemoteSeeder<R> {
         .await
     }
 
+    async fn dirty(&self) -> Result<Vec<u64>> {
+        within(self.deadline, Method::Dirty, async {
+            match self.rpc.call(Call::Dirty).await? {
+                Outcome::Dirty(offsets) => Ok(offsets),
+                other => Err(unexpected(Method::Dirty, &other)),
+            }
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<()> {
         within(self.deadline, Method::Close, async {
             expect_done(Method::Close, self.rpc.call(Call::Close).await?)

@@ -432,6 +432,7 @@ async fn execute(request: Request, services: &Services, max_message: u32) -> Out
         Op::SeederSize => Call::SeederSize,
         Op::Track => Call::Track,
         Op::SeederSync => Call::SeederSync,
+        Op::Dirty => Call::Dirty,
         Op::Close => Call::Close,
         // Handled above.
         Op::ReadAt | Op::SeederReadAt => Call::ReadAt {

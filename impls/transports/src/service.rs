@@ -46,6 +46,11 @@ pub trait Seeder: Send + Sync + fmt::Debug {
     /// crate's seeder does, so a `sync` whose reply was lost loses nothing);
     /// [`BackendSeeder`] returns only those since the previous call.
     async fn sync(&self) -> Result<Vec<u64>>;
+    /// Flushes and returns the chunk offsets written since `track` or the
+    /// previous `dirty`, sorted ascending, and starts a new round; unlike
+    /// `sync` it does not suspend the source's application. The rounds of
+    /// an iterative pre-copy.
+    async fn dirty(&self) -> Result<Vec<u64>>;
     /// Ends the migration; later calls may fail with [`BackendError::Closed`].
     async fn close(&self) -> Result<()>;
 }
@@ -66,6 +71,9 @@ impl<S: Seeder + ?Sized> Seeder for Arc<S> {
     }
     async fn sync(&self) -> Result<Vec<u64>> {
         (**self).sync().await
+    }
+    async fn dirty(&self) -> Result<Vec<u64>> {
+        (**self).dirty().await
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await
@@ -142,13 +150,15 @@ pub enum Method {
     Track,
     /// Seeder `Sync`, returning dirty offsets.
     SeederSync,
+    /// Seeder `Dirty`, returning the offsets dirtied in the last round.
+    Dirty,
     /// Seeder `Close`.
     Close,
 }
 
 impl Method {
     /// Every method, backend first.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Self::ReadAt,
         Self::WriteAt,
         Self::Size,
@@ -157,6 +167,7 @@ impl Method {
         Self::SeederSize,
         Self::Track,
         Self::SeederSync,
+        Self::Dirty,
         Self::Close,
     ];
 
@@ -168,6 +179,7 @@ impl Method {
             | Self::SeederSize
             | Self::Track
             | Self::SeederSync
+            | Self::Dirty
             | Self::Close => ServiceKind::Seeder,
         }
     }
@@ -184,6 +196,7 @@ impl Method {
             Self::SeederSize => "seeder.Size",
             Self::Track => "seeder.Track",
             Self::SeederSync => "seeder.Sync",
+            Self::Dirty => "seeder.Dirty",
             Self::Close => "seeder.Close",
         }
     }
@@ -197,7 +210,7 @@ impl fmt::Display for Method {
 
 /// A method name no service has.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown method {0:?}; known methods are ReadAt, WriteAt, Size, Sync, seeder.ReadAt, seeder.Size, seeder.Track, seeder.Sync, seeder.Close")]
+#[error("unknown method {0:?}; known methods are ReadAt, WriteAt, Size, Sync, seeder.ReadAt, seeder.Size, seeder.Track, seeder.Sync, seeder.Dirty, seeder.Close")]
 pub struct UnknownMethod(pub String);
 
 impl FromStr for Method {
@@ -230,6 +243,8 @@ pub enum Call {
     Track,
     /// Seeder `Sync`.
     SeederSync,
+    /// Seeder `Dirty`.
+    Dirty,
     /// Seeder `Close`.
     Close,
 }
@@ -246,6 +261,7 @@ impl Call {
             Self::SeederSize => Method::SeederSize,
             Self::Track => Method::Track,
             Self::SeederSync => Method::SeederSync,
+            Self::Dirty => Method::Dirty,
             Self::Close => Method::Close,
         }
     }
@@ -344,6 +360,7 @@ pub async fn dispatch(services: &Services, call: Call) -> Result<Outcome> {
         Call::SeederSize => seeder()?.size().await.map(Outcome::Size),
         Call::Track => seeder()?.track().await.map(|()| Outcome::Done),
         Call::SeederSync => seeder()?.sync().await.map(Outcome::Dirty),
+        Call::Dirty => seeder()?.dirty().await.map(Outcome::Dirty),
         Call::Close => seeder()?.close().await.map(|()| Outcome::Done),
     }
 }
@@ -495,6 +512,11 @@ impl Seeder for BackendSeeder {
         self.backend.sync().await?;
         let dirty = std::mem::take(&mut *self.dirty.lock());
         Ok(dirty.into_iter().collect())
+    }
+
+    /// The same set as `sync` (this seeder has no application to suspend).
+    async fn dirty(&self) -> Result<Vec<u64>> {
+        self.sync().await
     }
 
     async fn close(&self) -> Result<()> {

@@ -61,6 +61,8 @@ pub trait Remote {
     async fn track() -> Reply<()>;
     /// Seeder `Sync`.
     async fn seeder_sync() -> Reply<Vec<u64>>;
+    /// Seeder `Dirty`.
+    async fn seeder_dirty() -> Reply<Vec<u64>>;
     /// Seeder `Close`.
     async fn close() -> Reply<()>;
 }
@@ -132,6 +134,12 @@ impl Remote for Server {
     }
     async fn seeder_sync(self, _: Context) -> Reply<Vec<u64>> {
         match self.run(Call::SeederSync).await? {
+            Outcome::Dirty(offsets) => Ok(offsets),
+            other => Err(mismatch(&other)),
+        }
+    }
+    async fn seeder_dirty(self, _: Context) -> Reply<Vec<u64>> {
+        match self.run(Call::Dirty).await? {
             Outcome::Dirty(offsets) => Ok(offsets),
             other => Err(mismatch(&other)),
         }
@@ -304,6 +312,7 @@ impl Rpc for TarpcClient {
                 Outcome::Done
             }
             Call::SeederSync => Outcome::Dirty(flatten(name, c.seeder_sync(ctx)).await?),
+            Call::Dirty => Outcome::Dirty(flatten(name, c.seeder_dirty(ctx)).await?),
             Call::Close => {
                 flatten(name, c.close(ctx)).await?;
                 Outcome::Done

@@ -82,6 +82,8 @@ pub enum Op {
     SeederSync = 0x14,
     /// Seeder: the migration is over.
     Close = 0x15,
+    /// Seeder: flush and return the offsets written in the last round.
+    Dirty = 0x16,
 }
 
 impl Op {
@@ -96,6 +98,7 @@ impl Op {
             Self::SeederSize => Method::SeederSize,
             Self::Track => Method::Track,
             Self::SeederSync => Method::SeederSync,
+            Self::Dirty => Method::Dirty,
             Self::Close => Method::Close,
         }
     }
@@ -111,6 +114,7 @@ impl Op {
             Method::SeederSize => Self::SeederSize,
             Method::Track => Self::Track,
             Method::SeederSync => Self::SeederSync,
+            Method::Dirty => Self::Dirty,
             Method::Close => Self::Close,
         }
     }
@@ -135,6 +139,7 @@ impl TryFrom<u8> for Op {
             0x13 => Ok(Self::Track),
             0x14 => Ok(Self::SeederSync),
             0x15 => Ok(Self::Close),
+            0x16 => Ok(Self::Dirty),
             other => Err(WireError::UnknownOp(other)),
         }
     }
@@ -191,7 +196,7 @@ pub enum WireError {
     #[error("unsupported frpc version {found}; this build speaks version {supported}")]
     UnsupportedVersion { found: u8, supported: u8 },
     /// The op byte names no [`Op`].
-    #[error("unknown op code {0}; known ops are 1 (ReadAt), 2 (WriteAt), 3 (Size), 4 (Sync) and the seeder's 17 to 21 (ReadAt, Size, Track, Sync, Close)")]
+    #[error("unknown op code {0}; known ops are 1 (ReadAt), 2 (WriteAt), 3 (Size), 4 (Sync) and the seeder's 17 to 22 (ReadAt, Size, Track, Sync, Close, Dirty)")]
     UnknownOp(u8),
     /// The status byte names no [`Status`].
     #[error("unknown reply status {0}; known statuses are 0 to 6")]
@@ -572,7 +577,7 @@ mod tests {
             assert_eq!(Op::try_from(op as u8), Ok(op));
             assert_eq!(op.method(), method);
         }
-        assert_eq!(Op::try_from(0x16), Err(WireError::UnknownOp(0x16)));
+        assert_eq!(Op::try_from(0x17), Err(WireError::UnknownOp(0x17)));
         for code in 0..=6u8 {
             assert_eq!(Status::try_from(code).unwrap() as u8, code);
         }
