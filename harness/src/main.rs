@@ -15,6 +15,7 @@
 mod access_trace;
 mod calibration;
 mod doctor;
+mod downtime;
 mod emulation;
 mod host;
 mod implementations;
@@ -167,6 +168,10 @@ enum RoleCommand {
     /// grpc, frpc, tarpc, raw) on a TCP listener until stdin says stop (or
     /// closes). Prints a `ready` line with the bound address.
     RemoteBackend(roles::remote_backend::RemoteBackendArgs),
+    /// Run the migrating application on a seeder's mount of the seeded
+    /// region and serve the seeder service (Track, Dirty, Sync, ReadAt,
+    /// Close) until stdin says stop: the source host of a `downtime` cell.
+    MigrationSource(roles::migration_source::MigrationSourceArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -302,6 +307,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     report
                 }
+                scenario::AnyScenario::Downtime(scenario) => {
+                    let emulation =
+                        emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} strategies x {} transports x {} points x {} repetitions, emulation {}",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.strategies.len(),
+                        scenario.transports.len(),
+                        scenario.points().len(),
+                        scenario.repetitions,
+                        emulation,
+                    );
+                    let report = downtime::run(&scenario, emulation, capabilities, &out)?;
+                    println!("{}", downtime::table(&report.rows));
+                    for line in downtime::target_lines(&report.rows) {
+                        println!("{line}");
+                    }
+                    report
+                }
             };
             for w in &report.warnings {
                 println!("warning: {w}");
@@ -336,6 +362,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Role(RoleCommand::RemoteBackend(args)) => {
             roles::remote_backend::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Role(RoleCommand::MigrationSource(args)) => {
+            roles::migration_source::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netem(NetemCommand::Check {

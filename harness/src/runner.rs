@@ -196,7 +196,7 @@ pub fn run(
 /// The runtime cells do their remote I/O on. Across namespaces its threads
 /// live in `dst`, so every socket a cell's destination opens is there, as
 /// on a real destination host, whichever transport opens it.
-fn cell_runtime(
+pub(crate) fn cell_runtime(
     network: Option<&crate::network::Namespaces>,
 ) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();

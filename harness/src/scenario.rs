@@ -68,6 +68,7 @@ const BUILT_IN: &[(&str, &str)] = &[
         "pull-heuristic",
         include_str!("../../scenarios/pull-heuristic.toml"),
     ),
+    ("downtime", include_str!("../../scenarios/downtime.toml")),
 ];
 
 /// The most pull workers a cell may ask for: the thesis's sweep went to
@@ -416,6 +417,7 @@ pub enum AnyScenario {
     Region(Scenario),
     LinkCalibration(crate::link_calibration::LinkCalibrationScenario),
     TransportSweep(crate::transport_sweep::TransportSweepScenario),
+    Downtime(crate::downtime::DowntimeScenario),
 }
 
 impl AnyScenario {
@@ -425,6 +427,7 @@ impl AnyScenario {
             AnyScenario::Region(s) => &s.description,
             AnyScenario::LinkCalibration(s) => &s.description,
             AnyScenario::TransportSweep(s) => &s.description,
+            AnyScenario::Downtime(s) => &s.description,
         }
     }
 }
@@ -466,14 +469,18 @@ pub fn load_any(name_or_path: &str, profile: &str) -> Result<AnyScenario, Scenar
         Some(Some(crate::transport_sweep::KIND)) => {
             crate::transport_sweep::parse(&origin, &text, profile).map(AnyScenario::TransportSweep)
         }
+        Some(Some(crate::downtime::KIND)) => {
+            crate::downtime::parse(&origin, &text, profile).map(AnyScenario::Downtime)
+        }
         Some(other) => Err(ScenarioError::Invalid {
             origin,
             key: "kind".into(),
             message: format!(
-                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\", \"{}\"",
+                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\", \"{}\", \"{}\"",
                 other.map_or_else(|| "a non-string".to_owned(), |k| format!("\"{k}\"")),
                 crate::link_calibration::KIND,
-                crate::transport_sweep::KIND
+                crate::transport_sweep::KIND,
+                crate::downtime::KIND
             ),
         }),
     }

@@ -8,9 +8,12 @@
 //!
 //! - [`protocol`]: the messages.
 //! - [`child`]: the runner's side: a child process guard.
+//! - [`migration_source`]: the source host of a `downtime` cell: the
+//!   migrating application on a seeder's mount, and the seeder service.
 //! - [`remote_backend`]: the role serving the source region's backend
 //!   service over any transport.
 
 pub mod child;
+pub mod migration_source;
 pub mod protocol;
 pub mod remote_backend;

@@ -22,6 +22,27 @@ pub struct ServeCounters {
     pub peak_in_flight: usize,
 }
 
+/// What a migration source role saw, reported when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// The application's run on the source.
+    pub app: crate::downtime::app::RunStats,
+    /// When `Sync` suspended the application (CLOCK_MONOTONIC ns); none if
+    /// it never was, or was resumed after a failed `Sync`.
+    pub suspended_at_ns: Option<u64>,
+    /// Bytes `ReadAt` served.
+    pub bytes_read: u64,
+    /// `Dirty` rounds and `Sync`s served.
+    pub rounds: u64,
+    pub syncs: u64,
+    /// The destination called `Close`.
+    pub closed: bool,
+    /// Requests the server read.
+    pub requests: u64,
+    /// CPU seconds of the process from `ready`.
+    pub cpu_s: f64,
+}
+
 /// Role to runner, on the role's standard output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -42,6 +63,8 @@ pub enum RoleEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         store_sha256: Option<String>,
     },
+    /// The last message of a migration source before a clean exit.
+    SourceStopped { report: SourceReport },
     /// The role failed; it exits non-zero after this.
     Error { message: String },
 }
