@@ -16,6 +16,7 @@ mod access_trace;
 mod calibration;
 mod doctor;
 mod emulation;
+mod hash_throughput;
 mod host;
 mod implementations;
 mod interrupt;
@@ -201,6 +202,17 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Scenarios that measure in this process, with no link, take no
+/// `--emulation`; the default is accepted so `thesis` can pass it.
+fn refuse_emulation(emulation: emulation::EmulationChoice, name: &str) -> anyhow::Result<()> {
+    if emulation != emulation::EmulationChoice::Auto {
+        anyhow::bail!(
+            "--emulation does not apply to {name}: it measures in this process and crosses no link"
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -298,6 +310,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .into_iter()
                         .chain(transport_sweep::target_lines(&report.rows))
                     {
+                        println!("{line}");
+                    }
+                    report
+                }
+                scenario::AnyScenario::HashThroughput(scenario) => {
+                    refuse_emulation(emulation, &scenario.name)?;
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} cells x {} repetitions, {} MiB region in memory",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.cells_per_repetition(),
+                        scenario.repetitions,
+                        scenario.region_mib,
+                    );
+                    let report = hash_throughput::run(&scenario, capabilities, &out)?;
+                    println!("{}", hash_throughput::table(&report.rows));
+                    for line in hash_throughput::ceiling_lines(&report.rows) {
                         println!("{line}");
                     }
                     report

@@ -68,6 +68,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         "pull-heuristic",
         include_str!("../../scenarios/pull-heuristic.toml"),
     ),
+    (
+        "hash-throughput",
+        include_str!("../../scenarios/hash-throughput.toml"),
+    ),
 ];
 
 /// The most pull workers a cell may ask for: the thesis's sweep went to
@@ -416,6 +420,7 @@ pub enum AnyScenario {
     Region(Scenario),
     LinkCalibration(crate::link_calibration::LinkCalibrationScenario),
     TransportSweep(crate::transport_sweep::TransportSweepScenario),
+    HashThroughput(crate::hash_throughput::HashThroughputScenario),
 }
 
 impl AnyScenario {
@@ -425,6 +430,7 @@ impl AnyScenario {
             AnyScenario::Region(s) => &s.description,
             AnyScenario::LinkCalibration(s) => &s.description,
             AnyScenario::TransportSweep(s) => &s.description,
+            AnyScenario::HashThroughput(s) => &s.description,
         }
     }
 }
@@ -466,14 +472,18 @@ pub fn load_any(name_or_path: &str, profile: &str) -> Result<AnyScenario, Scenar
         Some(Some(crate::transport_sweep::KIND)) => {
             crate::transport_sweep::parse(&origin, &text, profile).map(AnyScenario::TransportSweep)
         }
+        Some(Some(crate::hash_throughput::KIND)) => {
+            crate::hash_throughput::parse(&origin, &text, profile).map(AnyScenario::HashThroughput)
+        }
         Some(other) => Err(ScenarioError::Invalid {
             origin,
             key: "kind".into(),
             message: format!(
-                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\", \"{}\"",
+                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\", \"{}\", \"{}\"",
                 other.map_or_else(|| "a non-string".to_owned(), |k| format!("\"{k}\"")),
                 crate::link_calibration::KIND,
-                crate::transport_sweep::KIND
+                crate::transport_sweep::KIND,
+                crate::hash_throughput::KIND,
             ),
         }),
     }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use sha2::Digest as _;
 
 /// A chunk hash algorithm. Each produces a fixed-length digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Algorithm {
     /// CRC-32 (IEEE), the study's choice (`hash/crc32` in the Go reference):
     /// fast, 4 bytes, and not collision resistant.
