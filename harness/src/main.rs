@@ -24,6 +24,7 @@ mod link_calibration;
 mod nbd_cli;
 mod network;
 mod placement;
+mod precopy_cost;
 mod remote;
 mod report;
 mod roles;
@@ -328,6 +329,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let report = hash_throughput::run(&scenario, capabilities, &out)?;
                     println!("{}", hash_throughput::table(&report.rows));
                     for line in hash_throughput::ceiling_lines(&report.rows) {
+                        println!("{line}");
+                    }
+                    report
+                }
+                scenario::AnyScenario::PrecopyCost(scenario) => {
+                    refuse_emulation(emulation, &scenario.name)?;
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} trackers x {} points x {} repetitions, {} measured cycles each",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.trackers.len(),
+                        scenario.points().len(),
+                        scenario.repetitions,
+                        scenario.cycles,
+                    );
+                    let report = precopy_cost::run(&scenario, capabilities, &out)?;
+                    println!("{}", precopy_cost::table(&report.rows));
+                    for line in precopy_cost::claim_lines(&report.rows, &scenario.base) {
                         println!("{line}");
                     }
                     report

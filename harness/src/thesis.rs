@@ -99,7 +99,8 @@ fn takes_emulation(name: &str) -> bool {
     !matches!(
         crate::scenario::load_any(name, "default"),
         Ok(crate::scenario::AnyScenario::LinkCalibration(_)
-            | crate::scenario::AnyScenario::HashThroughput(_))
+            | crate::scenario::AnyScenario::HashThroughput(_)
+            | crate::scenario::AnyScenario::PrecopyCost(_))
     )
 }
 

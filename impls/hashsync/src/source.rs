@@ -300,6 +300,13 @@ impl SyncSource {
         Ok(report)
     }
 
+    /// Takes `plan` as delivered without sending it: the next cycle
+    /// compares against its hashes. For measuring what tracking costs
+    /// apart from the network (the harness's `precopy-cost` scenario).
+    pub fn mark_sent(&mut self, plan: Plan) {
+        self.peer = Some(plan.local);
+    }
+
     /// One whole cycle: [`Self::plan`] then [`Self::push`].
     pub async fn cycle(&mut self, sink: &dyn Sink) -> Result<CycleReport, SyncError> {
         let plan = self.plan()?;

@@ -141,6 +141,14 @@ async fn receiver_hashes_limit_the_first_cycle_and_bad_ones_are_refused() {
     assert_eq!(report.chunks_sent, 2);
     assert_eq!(peer.contents().unwrap(), source.region());
 
+    // A plan taken as sent without sending: the next one compares with it.
+    source.region_mut()[7 * CHUNK] = 1;
+    let plan = source.plan().unwrap();
+    assert_eq!(plan.delta().chunks, vec![7]);
+    source.mark_sent(plan);
+    source.region_mut()[9 * CHUNK] = 1;
+    assert_eq!(source.plan().unwrap().delta().chunks, vec![9]);
+
     // A peer hashing with another algorithm or chunk size is refused, and
     // nothing is sent.
     let wrong = peer
