@@ -29,7 +29,13 @@
 //!
 //! Untouched anonymous memory stays unpopulated, so a 4 GiB write-protect
 //! region costs only its dirty pages and page tables; the hashed file is
-//! read whole every cycle, so its pages sit in the page cache.
+//! read whole every cycle, so its pages sit in the page cache. Each cycle
+//! writes a fresh random set of pages, so some writes to the anonymous
+//! region are first touches (a page allocation) while the file's pages
+//! are all cached after the warm-up: `write_ms` includes that difference.
+//!
+//! The hashed file (`memsync-precopy-PID-N.region`, sparse) is removed
+//! when its point is done; a run killed meanwhile leaves it behind.
 
 use std::collections::BTreeMap;
 

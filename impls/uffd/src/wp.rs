@@ -154,6 +154,10 @@ enum Engine {
 ///   mapping or someone else's memory is not offered.
 /// - `mremap`, `munmap` or `madvise(MADV_DONTNEED)` of part of the region
 ///   by the application are not supported.
+/// - Sync mode: should the handler stop (an ioctl it cannot recover from),
+///   writers to protected pages wait until the tracker is dropped, which
+///   closes the userfaultfd and lets them go; `collect` returns the
+///   handler's error from then on.
 #[derive(Debug)]
 pub struct DirtyTracker {
     engine: Engine,
