@@ -62,4 +62,4 @@ pub use open::{OpenMode, OpenedVia};
 pub use probe::{probe, Features, OpenAttempt, PagemapScan, UffdCapabilities};
 pub use region::{UffdError, UffdRegion};
 pub use stats::FaultStats;
-pub use wp::{DirtyTracker, WpChoice, WpError, WpMode};
+pub use wp::{DirtyTracker, PushError, PushReport, WpChoice, WpError, WpMode};

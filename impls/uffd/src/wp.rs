@@ -388,6 +388,64 @@ impl DirtyTracker {
     }
 }
 
+/// What one [`DirtyTracker::push_dirty`] cycle sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReport {
+    /// The ranges written since the previous cycle, as sent.
+    pub ranges: Vec<Range<usize>>,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+/// Why a push cycle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Finding the dirty pages failed.
+    #[error(transparent)]
+    Track(#[from] WpError),
+    /// The peer refused a write or the sync.
+    #[error("pushing {len} bytes at {offset}: {source}")]
+    Backend {
+        offset: u64,
+        len: u64,
+        source: backends::BackendError,
+    },
+}
+
+impl DirtyTracker {
+    /// One pre-copy cycle: collects the pages written since the last
+    /// cycle and writes them (and only them) to `peer` at the same
+    /// offsets, then syncs it.
+    ///
+    /// Pages are read after `collect` re-armed tracking, so a write racing
+    /// with the read is either in the bytes sent or reported next cycle.
+    /// After an error the pages of this cycle are not reported again: the
+    /// caller must resend everything (or stop).
+    pub fn push_dirty(
+        &mut self,
+        peer: &backends::BlockingBackend,
+    ) -> Result<PushReport, PushError> {
+        let ranges = self.collect()?;
+        let mut bytes = 0;
+        for r in &ranges {
+            let data = &self.as_slice()[r.clone()];
+            peer.write_at(data, r.start as u64)
+                .map_err(|source| PushError::Backend {
+                    offset: r.start as u64,
+                    len: data.len() as u64,
+                    source,
+                })?;
+            bytes += data.len() as u64;
+        }
+        peer.sync().map_err(|source| PushError::Backend {
+            offset: 0,
+            len: 0,
+            source,
+        })?;
+        Ok(PushReport { ranges, bytes })
+    }
+}
+
 fn push_merged(ranges: &mut Vec<Range<usize>>, r: Range<usize>) {
     match ranges.last_mut() {
         Some(last) if last.end == r.start => last.end = r.end,
