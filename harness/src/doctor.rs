@@ -64,10 +64,13 @@ fn userfaultfd() -> Vec<Capability> {
     ));
     caps.push(cap(
         "async write-protect + PAGEMAP_SCAN",
-        p.error.is_none() && has("WP_ASYNC") && p.pagemap_scan.works(),
+        // WP_UNPOPULATED too: without it, first writes to untouched pages
+        // of a sparse region would go unseen (uffd::wp needs it for async).
+        p.error.is_none() && has("WP_ASYNC") && has("WP_UNPOPULATED") && p.pagemap_scan.works(),
         format!(
-            "WP_ASYNC {}, PAGEMAP_SCAN {}",
+            "WP_ASYNC {}, WP_UNPOPULATED {}, PAGEMAP_SCAN {}",
             if has("WP_ASYNC") { "yes" } else { "no" },
+            if has("WP_UNPOPULATED") { "yes" } else { "no" },
             p.pagemap_scan
         ),
         "`uffd-wp` scanning dirty pages without a fault per page",

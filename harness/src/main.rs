@@ -17,6 +17,7 @@ mod calibration;
 mod doctor;
 mod downtime;
 mod emulation;
+mod hash_throughput;
 mod host;
 mod implementations;
 mod interrupt;
@@ -24,6 +25,7 @@ mod link_calibration;
 mod nbd_cli;
 mod network;
 mod placement;
+mod precopy_cost;
 mod remote;
 mod report;
 mod roles;
@@ -206,6 +208,17 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Scenarios that measure in this process, with no link, take no
+/// `--emulation`; the default is accepted so `thesis` can pass it.
+fn refuse_emulation(emulation: emulation::EmulationChoice, name: &str) -> anyhow::Result<()> {
+    if emulation != emulation::EmulationChoice::Auto {
+        anyhow::bail!(
+            "--emulation does not apply to {name}: it measures in this process and crosses no link"
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -324,6 +337,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let report = downtime::run(&scenario, emulation, capabilities, &out)?;
                     println!("{}", downtime::table(&report.rows));
                     for line in downtime::target_lines(&report.rows) {
+                        println!("{line}");
+                    }
+                    report
+                }
+                scenario::AnyScenario::HashThroughput(scenario) => {
+                    refuse_emulation(emulation, &scenario.name)?;
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} cells x {} repetitions, {} MiB region in memory",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.cells_per_repetition(),
+                        scenario.repetitions,
+                        scenario.region_mib,
+                    );
+                    let report = hash_throughput::run(&scenario, capabilities, &out)?;
+                    println!("{}", hash_throughput::table(&report.rows));
+                    for line in hash_throughput::ceiling_lines(&report.rows) {
+                        println!("{line}");
+                    }
+                    report
+                }
+                scenario::AnyScenario::PrecopyCost(scenario) => {
+                    refuse_emulation(emulation, &scenario.name)?;
+                    interrupt::install().context("installing the Ctrl-C handler")?;
+                    eprintln!(
+                        "scenario {} ({} profile): {} trackers x {} points x {} repetitions, {} measured cycles each",
+                        scenario.name,
+                        scenario.profile,
+                        scenario.trackers.len(),
+                        scenario.points().len(),
+                        scenario.repetitions,
+                        scenario.cycles,
+                    );
+                    let report = precopy_cost::run(&scenario, capabilities, &out)?;
+                    println!("{}", precopy_cost::table(&report.rows));
+                    for line in precopy_cost::claim_lines(&report.rows, &scenario.base) {
                         println!("{line}");
                     }
                     report

@@ -69,6 +69,14 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../scenarios/pull-heuristic.toml"),
     ),
     ("downtime", include_str!("../../scenarios/downtime.toml")),
+    (
+        "hash-throughput",
+        include_str!("../../scenarios/hash-throughput.toml"),
+    ),
+    (
+        "precopy-cost",
+        include_str!("../../scenarios/precopy-cost.toml"),
+    ),
 ];
 
 /// The most pull workers a cell may ask for: the thesis's sweep went to
@@ -418,6 +426,8 @@ pub enum AnyScenario {
     LinkCalibration(crate::link_calibration::LinkCalibrationScenario),
     TransportSweep(crate::transport_sweep::TransportSweepScenario),
     Downtime(crate::downtime::DowntimeScenario),
+    HashThroughput(crate::hash_throughput::HashThroughputScenario),
+    PrecopyCost(crate::precopy_cost::PrecopyCostScenario),
 }
 
 impl AnyScenario {
@@ -428,6 +438,8 @@ impl AnyScenario {
             AnyScenario::LinkCalibration(s) => &s.description,
             AnyScenario::TransportSweep(s) => &s.description,
             AnyScenario::Downtime(s) => &s.description,
+            AnyScenario::HashThroughput(s) => &s.description,
+            AnyScenario::PrecopyCost(s) => &s.description,
         }
     }
 }
@@ -472,15 +484,23 @@ pub fn load_any(name_or_path: &str, profile: &str) -> Result<AnyScenario, Scenar
         Some(Some(crate::downtime::KIND)) => {
             crate::downtime::parse(&origin, &text, profile).map(AnyScenario::Downtime)
         }
+        Some(Some(crate::hash_throughput::KIND)) => {
+            crate::hash_throughput::parse(&origin, &text, profile).map(AnyScenario::HashThroughput)
+        }
+        Some(Some(crate::precopy_cost::KIND)) => {
+            crate::precopy_cost::parse(&origin, &text, profile).map(AnyScenario::PrecopyCost)
+        }
         Some(other) => Err(ScenarioError::Invalid {
             origin,
             key: "kind".into(),
             message: format!(
-                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\", \"{}\", \"{}\"",
+                "{} is not a scenario kind; allowed: \"{REGION_KIND}\" (the default), \"{}\", \"{}\", \"{}\", \"{}\", \"{}\"",
                 other.map_or_else(|| "a non-string".to_owned(), |k| format!("\"{k}\"")),
                 crate::link_calibration::KIND,
                 crate::transport_sweep::KIND,
-                crate::downtime::KIND
+                crate::downtime::KIND,
+                crate::hash_throughput::KIND,
+                crate::precopy_cost::KIND,
             ),
         }),
     }

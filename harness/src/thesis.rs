@@ -43,8 +43,9 @@ pub fn run(profile: &str, emulation: &str, out: &Path) -> anyhow::Result<ExitCod
         let mut command = Command::new(&exe);
         command.args(["scenario", name, "--profile", profile, "--out"]);
         command.arg(&set_dir);
-        // Link calibrations measure the emulators their file names.
-        if !is_link_calibration(name) {
+        // Link calibrations measure the emulators their file names; the
+        // in-memory scenarios cross no link.
+        if takes_emulation(name) {
             command.args(["--emulation", emulation]);
         }
         let before = run_dirs(&set_dir)?;
@@ -94,10 +95,12 @@ pub fn run(profile: &str, emulation: &str, out: &Path) -> anyhow::Result<ExitCod
     })
 }
 
-fn is_link_calibration(name: &str) -> bool {
-    matches!(
+fn takes_emulation(name: &str) -> bool {
+    !matches!(
         crate::scenario::load_any(name, "default"),
-        Ok(crate::scenario::AnyScenario::LinkCalibration(_))
+        Ok(crate::scenario::AnyScenario::LinkCalibration(_)
+            | crate::scenario::AnyScenario::HashThroughput(_)
+            | crate::scenario::AnyScenario::PrecopyCost(_))
     )
 }
 

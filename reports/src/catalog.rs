@@ -168,6 +168,16 @@ const IMPLEMENTATION_X: XAxis = XAxis::Category {
     label: "implementation",
 };
 
+/// The trackers the precopy-cost scenario compares.
+const PRECOPY_TRACKERS: &[&str] = &[
+    "hashsync-crc32",
+    "hashsync-xxh3",
+    "hashsync-blake3",
+    "hashsync-sha256",
+    "uffd-wp",
+    "uffd-wp-sync",
+];
+
 /// A single scalar metric as the only measure.
 macro_rules! one {
     ($name:literal) => {
@@ -454,26 +464,50 @@ pub const CATALOG: &[FigureSpec] = &[
         needs: "managed mounts with `workload = idle` over `pull_workers` and `rtt_ms` recording `pull_efficiency`",
     },
     // ---- hash-throughput ----
+    // The ceilings (`algorithm` = memory-read, memcpy) have no chunk size,
+    // so they are drawn as horizontal lines in every panel.
     FigureSpec {
         id: "hash-throughput-by-algorithm",
-        title: "Chunk hashing throughput by algorithm",
+        title: "Chunk hashing throughput by algorithm and chunk size, per hashing threads",
         design_row: "hashing algorithm throughput",
         scenario: "hash-throughput",
         measures: one!("hash_throughput_mib_s"),
-        y_label: "hashing throughput (MiB/s)",
+        y_label: "hashing throughput (GiB/s)",
         y_scale: Scale::Log,
-        y_factor: 1.0,
+        y_factor: 1.0 / 1024.0,
         band: BandPolicy::Spread,
-        x: XAxis::Category {
-            key: SeriesKey::Param("algorithm"),
-            label: "hash algorithm",
-        },
+        x: CHUNK_X,
         series: SeriesKey::Param("algorithm"),
         filters: &[],
+        facet: Some("threads"),
+        extras: &[],
+        expects: &["crc32", "xxh3", "blake3", "sha256", "memory-read"],
+        needs: "cells over `algorithm`, `chunk_kib` and `threads` recording `hash_throughput_mib_s`, with `memory-read` ceiling cells",
+    },
+    FigureSpec {
+        id: "hash-throughput-by-threads",
+        title: "Chunk hashing throughput by hashing threads (64 KiB chunks)",
+        design_row: "hashing algorithm throughput",
+        scenario: "hash-throughput",
+        measures: one!("hash_throughput_mib_s"),
+        y_label: "hashing throughput (GiB/s)",
+        y_scale: Scale::Log,
+        y_factor: 1.0 / 1024.0,
+        band: BandPolicy::Spread,
+        x: XAxis::Param {
+            name: "threads",
+            label: "hashing threads",
+            scale: Scale::Linear,
+        },
+        series: SeriesKey::Param("algorithm"),
+        filters: &[Filter {
+            param: "chunk_kib",
+            cond: Cond::Eq(64.0),
+        }],
         facet: None,
         extras: &[],
-        expects: &[],
-        needs: "cells over an `algorithm` axis recording `hash_throughput_mib_s`",
+        expects: &["crc32", "xxh3", "blake3", "sha256", "memory-read"],
+        needs: "cells over `algorithm` and `threads` at `chunk_kib` = 64 recording `hash_throughput_mib_s`, with ceiling cells",
     },
     // ---- transport-sweep ----
     FigureSpec {
@@ -859,13 +893,15 @@ pub const CATALOG: &[FigureSpec] = &[
         needs: "link emulators over `rate_mbit` recording `goodput_mbit_s` (and `capacity_mbit_s` at rate_mbit = 0)",
     },
     // ---- precopy-cost ----
+    // Each figure holds the other axis at the scenario's base point
+    // (1024 MiB, 1 % dirty).
     FigureSpec {
         id: "precopy-cost-by-region-size",
-        title: "Pre-copy cost per cycle by region size: hashing vs write-protect",
+        title: "Pre-copy cost per cycle by region size (1 % dirty): hashing vs write-protect",
         design_row: "pre-copy cost per cycle: hashing vs write-protect, by region size",
         scenario: "precopy-cost",
         measures: one!("precopy_cycle_ms"),
-        y_label: "cost per tracking cycle (ms)",
+        y_label: "tracker's cost per cycle (ms)",
         y_scale: Scale::Log,
         y_factor: 1.0,
         band: BandPolicy::Spread,
@@ -875,33 +911,64 @@ pub const CATALOG: &[FigureSpec] = &[
             scale: Scale::Log,
         },
         series: SeriesKey::Implementation,
-        filters: &[],
+        filters: &[Filter {
+            param: "dirty_fraction",
+            cond: Cond::Eq(0.01),
+        }],
         facet: None,
         extras: &[],
-        expects: &["hashsync", "uffd-wp"],
-        needs: "`hashsync` and `uffd-wp` over `region_mib` recording `precopy_cycle_ms`",
+        expects: PRECOPY_TRACKERS,
+        needs: "`hashsync-ALG` and `uffd-wp` cells over `region_mib` at `dirty_fraction` = 0.01 recording `precopy_cycle_ms`",
     },
     FigureSpec {
         id: "precopy-cost-by-dirty-fraction",
-        title: "Pre-copy cost per cycle by dirty fraction: hashing vs write-protect",
+        title: "Pre-copy cost per cycle by dirty fraction (1024 MiB): hashing vs write-protect",
         design_row: "pre-copy cost per cycle: hashing vs write-protect, by dirty fraction",
         scenario: "precopy-cost",
         measures: one!("precopy_cycle_ms"),
-        y_label: "cost per tracking cycle (ms)",
+        y_label: "tracker's cost per cycle (ms)",
         y_scale: Scale::Log,
         y_factor: 1.0,
         band: BandPolicy::Spread,
         x: XAxis::Param {
             name: "dirty_fraction",
-            label: "dirty fraction of the region",
-            scale: Scale::Linear,
+            label: "share of the region's pages written per cycle",
+            scale: Scale::Log,
         },
         series: SeriesKey::Implementation,
-        filters: &[],
+        filters: &[Filter {
+            param: "region_mib",
+            cond: Cond::Eq(1024.0),
+        }],
         facet: None,
         extras: &[],
-        expects: &["hashsync", "uffd-wp"],
-        needs: "`hashsync` and `uffd-wp` over `dirty_fraction` recording `precopy_cycle_ms`",
+        expects: PRECOPY_TRACKERS,
+        needs: "`hashsync-ALG` and `uffd-wp` cells over `dirty_fraction` at `region_mib` = 1024 recording `precopy_cycle_ms`",
+    },
+    FigureSpec {
+        id: "precopy-bytes-by-dirty-fraction",
+        title: "Bytes a pre-copy cycle would send by dirty fraction (1024 MiB, 64 KiB hash chunks vs 4 KiB pages)",
+        design_row: "pre-copy cost per cycle: hashing vs write-protect, by dirty fraction",
+        scenario: "precopy-cost",
+        measures: one!("bytes_to_send"),
+        y_label: "MiB to send per cycle",
+        y_scale: Scale::Log,
+        y_factor: 1.0 / 1_048_576.0,
+        band: BandPolicy::Spread,
+        x: XAxis::Param {
+            name: "dirty_fraction",
+            label: "share of the region's pages written per cycle",
+            scale: Scale::Log,
+        },
+        series: SeriesKey::Implementation,
+        filters: &[Filter {
+            param: "region_mib",
+            cond: Cond::Eq(1024.0),
+        }],
+        facet: None,
+        extras: &[],
+        expects: PRECOPY_TRACKERS,
+        needs: "`hashsync-ALG` and `uffd-wp` cells over `dirty_fraction` recording `bytes_to_send`",
     },
     // ---- faults ----
     FigureSpec {

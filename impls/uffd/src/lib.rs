@@ -1,4 +1,5 @@
-//! Post-copy memory regions: userfaultfd MISSING faults resolved from a backend.
+//! Post-copy memory regions: userfaultfd MISSING faults resolved from a
+//! backend; and write-protect dirty tracking for pre-copy ([`wp`]).
 //!
 //! A [`UffdRegion`] is anonymous memory whose pages are absent until first
 //! touched; a handler thread then fetches the touched page's chunk from a
@@ -14,6 +15,8 @@
 //! - [`region`] holds [`UffdRegion`], with its Behavior and Limitations.
 //! - [`handler`] is the fault-handling thread and the races it handles.
 //! - [`stats`] holds [`FaultStats`].
+//! - [`wp`] holds [`DirtyTracker`]: write-protect dirty tracking (async
+//!   with `PAGEMAP_SCAN`, or sync with a handler thread).
 //! - [`probe`](mod@probe) holds [`probe()`], [`UffdCapabilities`], [`Features`].
 //! - `sys` (private) is the kernel ABI, mirrored from the uapi headers.
 //! - `mapping` (private) is the owned anonymous mapping.
@@ -51,6 +54,7 @@ pub mod probe;
 pub mod region;
 pub mod stats;
 mod sys;
+pub mod wp;
 
 pub use config::{ConfigError, UffdConfig};
 pub use handler::{HandlerError, FETCH_ATTEMPTS};
@@ -58,3 +62,4 @@ pub use open::{OpenMode, OpenedVia};
 pub use probe::{probe, Features, OpenAttempt, PagemapScan, UffdCapabilities};
 pub use region::{UffdError, UffdRegion};
 pub use stats::FaultStats;
+pub use wp::{DirtyTracker, PushError, PushReport, WpChoice, WpError, WpMode};

@@ -31,6 +31,7 @@ const UFFDIO: u8 = 0xAA;
 const NR_UFFDIO_REGISTER: u8 = 0x00;
 const NR_UFFDIO_WAKE: u8 = 0x02;
 const NR_UFFDIO_COPY: u8 = 0x03;
+const NR_UFFDIO_WRITEPROTECT: u8 = 0x06;
 const NR_UFFDIO_API: u8 = 0x3F;
 
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd` (Linux 6.1): `_IO(0xAA, 0)`,
@@ -47,12 +48,22 @@ pub(crate) const UFFDIO_WAKE: ioctl_num_type =
 pub(crate) const UFFDIO_COPY: ioctl_num_type =
     nix::request_code_readwrite!(UFFDIO, NR_UFFDIO_COPY, size_of::<UffdioCopy>());
 
+pub(crate) const UFFDIO_WRITEPROTECT: ioctl_num_type = nix::request_code_readwrite!(
+    UFFDIO,
+    NR_UFFDIO_WRITEPROTECT,
+    size_of::<UffdioWriteprotect>()
+);
+
 /// `PAGEMAP_SCAN` on `/proc/<pid>/pagemap` (Linux 6.7): `_IOWR('f', 16, struct pm_scan_arg)`.
 pub(crate) const PAGEMAP_SCAN: ioctl_num_type =
     nix::request_code_readwrite!(b'f', 16, size_of::<PmScanArg>());
 
 /// `UFFDIO_REGISTER_MODE_MISSING`: report faults on pages with no PTE.
 pub(crate) const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+/// `UFFDIO_REGISTER_MODE_WP`: report writes to write-protected pages.
+pub(crate) const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+/// `UFFDIO_WRITEPROTECT_MODE_WP`: protect (without it: unprotect).
+pub(crate) const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 /// `UFFDIO_COPY_MODE_DONTWAKE`: leave the faulting threads asleep.
 pub(crate) const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1 << 0;
 
@@ -64,6 +75,16 @@ pub(crate) const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 
 /// `UFFD_PAGEFAULT_FLAG_*` bits of `uffd_msg.arg.pagefault.flags`.
 pub(crate) const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+pub(crate) const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
+
+/// `PAGE_IS_WRITTEN`: a `PAGEMAP_SCAN` category, the page's uffd-wp bit
+/// is clear (written since it was last protected).
+pub(crate) const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// `PM_SCAN_WP_MATCHING`: write-protect the matching pages as they are
+/// reported.
+pub(crate) const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `PM_SCAN_CHECK_WPASYNC`: fail unless the range has async write-protect.
+pub(crate) const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 
 /// `PAGE_IS_PRESENT`: a `PAGEMAP_SCAN` category.
 pub(crate) const PAGE_IS_PRESENT: u64 = 1 << 3;
@@ -104,6 +125,14 @@ pub(crate) struct UffdioCopy {
     pub len: u64,
     pub mode: u64,
     pub copy: i64,
+}
+
+/// `struct uffdio_writeprotect`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UffdioWriteprotect {
+    pub range: UffdioRange,
+    pub mode: u64,
 }
 
 /// `struct page_region`: one run of pages sharing the reported categories.
@@ -337,6 +366,72 @@ pub(crate) fn pagemap_scan(
     usize::try_from(n).map_err(|_| Errno::EINVAL)
 }
 
+/// `UFFDIO_WRITEPROTECT`: protects (`protect`) or unprotects a range; an
+/// unprotect wakes the threads waiting on it.
+pub(crate) fn writeprotect(
+    uffd: BorrowedFd<'_>,
+    start: u64,
+    len: u64,
+    protect: bool,
+) -> Result<(), Errno> {
+    let mut arg = UffdioWriteprotect {
+        range: UffdioRange { start, len },
+        mode: if protect {
+            UFFDIO_WRITEPROTECT_MODE_WP
+        } else {
+            0
+        },
+    };
+    // SAFETY: `arg` is a live `uffdio_writeprotect` used only during the
+    // call; the kernel checks that the range is registered with `uffd` and
+    // changes only page protection there, never memory contents.
+    let rc = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_WRITEPROTECT,
+            &mut arg as *mut UffdioWriteprotect,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC` over
+/// `start..end`: reports runs of written pages into `out` and
+/// write-protects them again in the same walk. Returns the entries filled
+/// and where the walk stopped (`end` unless `out` filled up first).
+pub(crate) fn pagemap_scan_written(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    out: &mut [PageRegion],
+) -> Result<(usize, u64), Errno> {
+    let mut arg = PmScanArg {
+        size: size_of::<PmScanArg>() as u64,
+        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        start,
+        end,
+        vec: out.as_mut_ptr() as u64,
+        vec_len: out.len() as u64,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..PmScanArg::default()
+    };
+    // SAFETY: `arg` is a live `pm_scan_arg`; `vec`/`vec_len` describe `out`,
+    // exclusively borrowed for the call, so the kernel writes at most
+    // `out.len()` entries into memory we own. WP_MATCHING changes only the
+    // uffd-wp bit of pages in `start..end`, a range the caller registered
+    // for async write-protect; contents are untouched.
+    let rc = unsafe {
+        libc::ioctl(
+            pagemap.as_raw_fd(),
+            PAGEMAP_SCAN,
+            &mut arg as *mut PmScanArg,
+        )
+    };
+    let n = Errno::result(rc)?;
+    Ok((usize::try_from(n).map_err(|_| Errno::EINVAL)?, arg.walk_end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +446,7 @@ mod tests {
         assert_eq!(UFFDIO_COPY, 0xc028_aa03 as ioctl_num_type);
         assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00 as ioctl_num_type);
         assert_eq!(PAGEMAP_SCAN, 0xc060_6610 as ioctl_num_type);
+        assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06 as ioctl_num_type);
     }
 
     #[test]
@@ -360,6 +456,7 @@ mod tests {
         assert_eq!(size_of::<UffdioRegister>(), 32);
         assert_eq!(size_of::<UffdioCopy>(), 40);
         assert_eq!(size_of::<PageRegion>(), 24);
+        assert_eq!(size_of::<UffdioWriteprotect>(), 24);
         assert_eq!(size_of::<PmScanArg>(), 96);
     }
 
