@@ -182,6 +182,12 @@ struct Tracker {
     /// Dirty chunks not yet local again; `None` before finalize.
     dirty_left: Mutex<Option<HashSet<u64>>>,
     dirty_local: std::sync::atomic::AtomicU64,
+    /// Times a chunk became local. The synced stage calls the hook before
+    /// it marks the chunk local, so a waiter woken by `changed` may still
+    /// read the old `local_chunks()`; this count is already up to date.
+    /// Before finalize (no `mark_remote`, the region locked) it is the
+    /// number of local chunks.
+    reported_local: std::sync::atomic::AtomicU64,
     changed: Notify,
 }
 
@@ -193,6 +199,8 @@ impl Tracker {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        self.reported_local
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 }
@@ -636,7 +644,13 @@ impl ProgressView<'_> {
         if count == 0 {
             1.0
         } else {
-            self.shared.synced.local_chunks() as f64 / count as f64
+            let reported = self
+                .shared
+                .tracker
+                .reported_local
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let local = self.shared.synced.local_chunks().max(reported).min(count);
+            local as f64 / count as f64
         }
     }
 
