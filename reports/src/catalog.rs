@@ -191,6 +191,17 @@ macro_rules! one {
 const FIRST_CHUNK: &str = "first-chunk latency (µs)";
 const READ_TPUT: &str = "read throughput (MiB/s)";
 const PULL_IMPLS: &[&str] = &["baseline", "uffd", "mount-direct", "mount-managed"];
+/// The downtime scenario's base region size and dirty rate.
+const DOWNTIME_AT_BASE_SIZE_AND_RATE: &[Filter] = &[
+    Filter {
+        param: "region_mib",
+        cond: Cond::Eq(64.0),
+    },
+    Filter {
+        param: "dirty_rate",
+        cond: Cond::Eq(2000.0),
+    },
+];
 
 /// Every figure, in the order the report shows them.
 pub const CATALOG: &[FigureSpec] = &[
@@ -670,9 +681,11 @@ pub const CATALOG: &[FigureSpec] = &[
         needs: "managed mounts over `chunk_kib` and `rtt_ms` recording `read_throughput_mib_s`",
     },
     // ---- downtime ----
+    // Each figure holds the other axes at the scenario's base point
+    // (10 ms RTT, 64 MiB, 2000 pages/s).
     FigureSpec {
         id: "downtime-open-time-vs-rtt",
-        title: "Open time as RTT grows: uffd vs mounts",
+        title: "Open time as RTT grows (64 MiB, 2000 pages/s): uffd vs mounts",
         design_row: "open time: uffd vs mounts",
         scenario: "downtime",
         measures: one!("setup_ms"),
@@ -682,15 +695,15 @@ pub const CATALOG: &[FigureSpec] = &[
         band: BandPolicy::MinMax,
         x: RTT_X,
         series: SeriesKey::Implementation,
-        filters: &[],
+        filters: DOWNTIME_AT_BASE_SIZE_AND_RATE,
         facet: None,
         extras: &[],
-        expects: &["uffd", "mount-direct", "mount-managed"],
-        needs: "cells recording `setup_ms` over an `rtt_ms` axis",
+        expects: &["two-step", "postcopy"],
+        needs: "migration strategies over `rtt_ms` at 64 MiB and 2000 pages/s recording `setup_ms`",
     },
     FigureSpec {
         id: "downtime-vs-rtt",
-        title: "Downtime as RTT grows: one-step vs two-step migration vs stop-and-copy vs pre-copy",
+        title: "Downtime as RTT grows (64 MiB, 2000 pages/s): one-step vs two-step migration vs stop-and-copy vs pre-copy",
         design_row: "downtime: one-step (direct, managed) vs two-step migration vs stop-and-copy vs pre-copy",
         scenario: "downtime",
         measures: one!("downtime_ms"),
@@ -700,17 +713,79 @@ pub const CATALOG: &[FigureSpec] = &[
         band: BandPolicy::MinMax,
         x: RTT_X,
         series: SeriesKey::Implementation,
-        filters: &[],
+        filters: DOWNTIME_AT_BASE_SIZE_AND_RATE,
         facet: None,
         extras: &[],
         expects: &[
             "mount-direct",
             "mount-managed",
-            "migration",
+            "two-step",
             "stop-and-copy",
             "precopy-iterative",
         ],
-        needs: "migration strategies recording `downtime_ms` over an `rtt_ms` axis",
+        needs: "migration strategies over `rtt_ms` at 64 MiB and 2000 pages/s recording `downtime_ms`",
+    },
+    FigureSpec {
+        id: "downtime-vs-region-size",
+        title: "Downtime as the region grows (10 ms RTT, 2000 pages/s): two-step vs stop-and-copy vs pre-copy",
+        design_row: "downtime: one-step (direct, managed) vs two-step migration vs stop-and-copy vs pre-copy",
+        scenario: "downtime",
+        measures: one!("downtime_ms"),
+        y_label: "downtime (ms)",
+        y_scale: Scale::Log,
+        y_factor: 1.0,
+        band: BandPolicy::MinMax,
+        x: XAxis::Param {
+            name: "region_mib",
+            label: "region size (MiB)",
+            scale: Scale::Log,
+        },
+        series: SeriesKey::Implementation,
+        filters: &[
+            Filter {
+                param: "rtt_ms",
+                cond: Cond::Eq(10.0),
+            },
+            Filter {
+                param: "dirty_rate",
+                cond: Cond::Eq(2000.0),
+            },
+        ],
+        facet: None,
+        extras: &[],
+        expects: &["two-step", "stop-and-copy", "precopy-iterative"],
+        needs: "migration strategies over `region_mib` at 10 ms RTT and 2000 pages/s recording `downtime_ms`",
+    },
+    FigureSpec {
+        id: "downtime-transfer-amplification-vs-dirty-rate",
+        title: "Bytes moved over the region size as the dirty rate grows (10 ms RTT, 64 MiB)",
+        design_row: "downtime: one-step (direct, managed) vs two-step migration vs stop-and-copy vs pre-copy",
+        scenario: "downtime",
+        measures: one!("transfer_amplification"),
+        y_label: "bytes over the link / region size",
+        y_scale: Scale::Log,
+        y_factor: 1.0,
+        band: BandPolicy::MinMax,
+        x: XAxis::Param {
+            name: "dirty_rate",
+            label: "pages written per second",
+            scale: Scale::Linear,
+        },
+        series: SeriesKey::Implementation,
+        filters: &[
+            Filter {
+                param: "rtt_ms",
+                cond: Cond::Eq(10.0),
+            },
+            Filter {
+                param: "region_mib",
+                cond: Cond::Eq(64.0),
+            },
+        ],
+        facet: None,
+        extras: &[],
+        expects: &["two-step", "stop-and-copy", "precopy-iterative"],
+        needs: "migration strategies over `dirty_rate` at 10 ms RTT and 64 MiB recording `transfer_amplification`",
     },
     // ---- backends ----
     FigureSpec {

@@ -21,6 +21,8 @@ pub const SUMMARY_METRICS: &[&str] = &[
     "access_latency_p50_us",
     "access_latency_p99_us",
     "transferred_bytes",
+    "transfer_amplification",
+    "total_ms",
     "cpu_s",
 ];
 
@@ -68,6 +70,8 @@ fn scalar(record: &CellRecord, name: &str) -> Option<f64> {
         "access_latency_p50_us" => hist_us("access_latency_ns", |r| r.p50),
         "access_latency_p99_us" => hist_us("access_latency_ns", |r| r.p99),
         "transferred_bytes" => m.transferred_bytes.map(|b| b as f64),
+        "transfer_amplification" => m.transfer_amplification,
+        "total_ms" => m.total_ms,
         "cpu_s" => m.cpu_s,
         _ => None,
     }

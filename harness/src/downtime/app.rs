@@ -81,7 +81,9 @@ pub struct AppSpec {
 pub enum AppError {
     #[error("a {len}-byte region is not {pages} pages of {PAGE} bytes")]
     Size { len: usize, pages: u64 },
-    #[error("page 0 holds no application state (magic {found:#x}): the migration did not bring it")]
+    #[error(
+        "page 0 holds no application state (magic {found:#x}): the migration did not bring it"
+    )]
     NoState { found: u64 },
     #[error("page 0 says {ops} ops were done, more than the {limit} a run this short can do")]
     ImplausibleState { ops: u64, limit: u64 },
@@ -354,7 +356,11 @@ impl<'a> App<'a> {
             stats.checks += 1;
             if mem[at..at + PAGE] != *expected {
                 stats.check_failures += 1;
-                tracing::error!(page, ops = self.state.ops, "the application read bytes it did not expect");
+                tracing::error!(
+                    page,
+                    ops = self.state.ops,
+                    "the application read bytes it did not expect"
+                );
             }
             let now = monotonic_ns();
             self.state.last_tick_ns = now;
@@ -391,7 +397,9 @@ mod tests {
     }
 
     fn source(spec: &AppSpec) -> Vec<u8> {
-        (0..spec.pages as usize * PAGE).map(|i| (i % 251) as u8).collect()
+        (0..spec.pages as usize * PAGE)
+            .map(|i| (i % 251) as u8)
+            .collect()
     }
 
     fn run_for(app: &mut App, mem: &mut [u8], gate: Option<&AppGate>, ms: u64) -> RunStats {
@@ -411,8 +419,12 @@ mod tests {
     fn pages_chosen_are_data_pages_and_the_hot_set_is_a_tenth() {
         for pattern in [DirtyPattern::Uniform, DirtyPattern::HotSet] {
             let s = spec(pattern);
-            let pages: std::collections::BTreeSet<u64> = (0..10_000).map(|op| s.page_of(op)).collect();
-            assert!(pages.iter().all(|&p| (1..s.pages).contains(&p)), "{pattern}");
+            let pages: std::collections::BTreeSet<u64> =
+                (0..10_000).map(|op| s.page_of(op)).collect();
+            assert!(
+                pages.iter().all(|&p| (1..s.pages).contains(&p)),
+                "{pattern}"
+            );
             let expect = match pattern {
                 DirtyPattern::Uniform => 63,
                 DirtyPattern::HotSet => 6,
@@ -468,7 +480,10 @@ mod tests {
     fn a_region_without_state_or_of_the_wrong_size_is_an_error() {
         let s = spec(DirtyPattern::Uniform);
         let src = source(&s);
-        assert!(matches!(App::resume(s, &src, &src), Err(AppError::NoState { .. })));
+        assert!(matches!(
+            App::resume(s, &src, &src),
+            Err(AppError::NoState { .. })
+        ));
         assert!(matches!(
             App::start(s, &src[..PAGE * 3]),
             Err(AppError::Size { .. })
@@ -509,7 +524,10 @@ mod tests {
             // the stop, at least the 50 ms of suspension earlier (less
             // the sleep's slack).
             assert!(stats.ticks > 0);
-            assert!(monotonic_ns() - stats.last_tick_ns >= 40_000_000, "{stats:?}");
+            assert!(
+                monotonic_ns() - stats.last_tick_ns >= 40_000_000,
+                "{stats:?}"
+            );
         });
         // Page 0 holds the state as of the suspension.
         assert_eq!(StateRecord::read(&mem, u64::MAX).unwrap(), app.state());

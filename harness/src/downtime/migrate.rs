@@ -23,7 +23,7 @@ use tokio::runtime::Runtime;
 use transports::{SharedSeeder, TransportConfig, TransportKind};
 
 use super::app::{data_sha256, monotonic_ns, App, AppSpec, RunStats, Versions, PAGE};
-use super::{Strategy, STOP_TIMEOUT, ROLE_READY_TIMEOUT};
+use super::{Strategy, ROLE_READY_TIMEOUT, STOP_TIMEOUT};
 use crate::network::{symmetric_link, Namespaces};
 use crate::roles::child::RoleProcess;
 use crate::roles::protocol::{RoleEvent, SourceReport};
@@ -77,7 +77,10 @@ pub fn run_cell(
 ) -> Result<CellResult, String> {
     let link = net.start_link(symmetric_link(plan.rtt, Duration::ZERO, None, 0.0))?;
     let mut role = spawn_source(plan, net, image)?;
-    let addr = match role.next_event(ROLE_READY_TIMEOUT).map_err(|e| e.to_string())? {
+    let addr = match role
+        .next_event(ROLE_READY_TIMEOUT)
+        .map_err(|e| e.to_string())?
+    {
         RoleEvent::Ready { addr, sha256, .. } if sha256 == image.sha256 => addr,
         RoleEvent::Ready { sha256, .. } => {
             return Err(format!(
@@ -85,7 +88,11 @@ pub fn run_cell(
                 image.sha256
             ))
         }
-        other => return Err(format!("the migration source sent {other:?} before `ready`")),
+        other => {
+            return Err(format!(
+                "the migration source sent {other:?} before `ready`"
+            ))
+        }
     };
     let addr: SocketAddr = addr
         .parse()
@@ -105,7 +112,8 @@ pub fn run_cell(
         other => return Err(format!("the migration source ended with {other:?}")),
     };
     let suspended_at = report.suspended_at_ns.ok_or_else(|| {
-        "the source's application was never suspended (or was resumed): no Sync succeeded".to_owned()
+        "the source's application was never suspended (or was resumed): no Sync succeeded"
+            .to_owned()
     })?;
     let mut integrity_failure = migrated.integrity_failure;
     if report.app.check_failures > 0 {
@@ -143,7 +151,12 @@ fn spawn_source(
 ) -> Result<RoleProcess, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding the harness binary: {e}"))?;
     let mut command = net.src.command(exe);
-    command.args(["role", "migration-source", "--transport", plan.transport.name()]);
+    command.args([
+        "role",
+        "migration-source",
+        "--transport",
+        plan.transport.name(),
+    ]);
     command.arg("--listen");
     command.arg(format!("{}:0", net.topology.src_addr()));
     command.args(["--size", &image.bytes().len().to_string()]);
@@ -214,10 +227,14 @@ fn two_step(
         .map_err(|e| format!("opening the leecher: {e}"))?;
     let setup = leecher.progress().setup;
     let region = leecher
-        .finalize_when(FinalizePolicy::AfterFractionLocal(plan.finalize_after_local))
+        .finalize_when(FinalizePolicy::AfterFractionLocal(
+            plan.finalize_after_local,
+        ))
         .map_err(|e| format!("finalizing: {e}"))?;
     let resumed_at_ns = monotonic_ns();
-    let mut map = region.map().map_err(|e| format!("mapping the migrated region: {e}"))?;
+    let mut map = region
+        .map()
+        .map_err(|e| format!("mapping the migrated region: {e}"))?;
     let mem = map
         .as_mut_slice()
         .ok_or("the migrated region is mapped read-only")?;
@@ -229,7 +246,9 @@ fn two_step(
     })?;
     let dirty_sync_count = leecher.dirty_chunks().map_or(0, |d| d.len() as u64);
     drop(map);
-    leecher.close().map_err(|e| format!("closing the leecher: {e}"))?;
+    leecher
+        .close()
+        .map_err(|e| format!("closing the leecher: {e}"))?;
     Ok(Migrated {
         setup,
         total: outcome.complete_at.duration_since(started),
@@ -277,7 +296,9 @@ fn copy_strategy(
                 .map_err(|e| format!("the seeder's Dirty: {e}"))?;
             let rate = moved as f64 / round_time.as_secs_f64().max(1e-6);
             let rest = next.len() as f64 * plan.chunk_bytes as f64;
-            if rest / rate <= plan.downtime_target.as_secs_f64() || rounds >= u64::from(plan.max_rounds) {
+            if rest / rate <= plan.downtime_target.as_secs_f64()
+                || rounds >= u64::from(plan.max_rounds)
+            {
                 break next;
             }
             dirty_sync_count += next.len() as u64;
@@ -347,7 +368,10 @@ fn fetch_into(
             let (offset, buf, n) = joined.map_err(|e| format!("a chunk read task: {e}"))?;
             let n = n.map_err(|e| format!("reading the chunk at {offset}: {e}"))?;
             if n != buf.len() {
-                return Err(format!("the chunk at {offset} came back short: {n} of {} bytes", buf.len()));
+                return Err(format!(
+                    "the chunk at {offset} came back short: {n} of {} bytes",
+                    buf.len()
+                ));
             }
             memory[offset as usize..offset as usize + n].copy_from_slice(&buf);
             moved += n as u64;

@@ -145,11 +145,12 @@ pub fn parse(origin: &str, text: &str, profile: &str) -> Result<DowntimeScenario
                     message: e.to_string(),
                 })?;
         s.profile = profile.to_owned();
-        s.validate().map_err(|(key, message)| ScenarioError::Invalid {
-            origin: format!("{origin} (profile {profile})"),
-            key,
-            message,
-        })?;
+        s.validate()
+            .map_err(|(key, message)| ScenarioError::Invalid {
+                origin: format!("{origin} (profile {profile})"),
+                key,
+                message,
+            })?;
         Ok(s)
     };
     // A mistake in another profile is reported now, not when it is used.
@@ -170,7 +171,10 @@ impl DowntimeScenario {
         for s in &self.strategies {
             if Strategy::parse(s).is_none() {
                 let allowed: Vec<_> = Strategy::ALL.iter().map(|s| s.name()).collect();
-                return err("strategies", format!("`{s}` is not a strategy; allowed: {}", allowed.join(", ")));
+                return err(
+                    "strategies",
+                    format!("`{s}` is not a strategy; allowed: {}", allowed.join(", ")),
+                );
             }
         }
         if self.strategies.is_empty() {
@@ -179,7 +183,10 @@ impl DowntimeScenario {
         for t in &self.transports {
             match t.parse::<TransportKind>() {
                 Ok(TransportKind::Raw) => {
-                    return err("transports", "`raw` carries no seeder service; allowed: jsonl, grpc, frpc, tarpc".into())
+                    return err(
+                        "transports",
+                        "`raw` carries no seeder service; allowed: jsonl, grpc, frpc, tarpc".into(),
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => return err("transports", e.to_string()),
@@ -192,22 +199,37 @@ impl DowntimeScenario {
             return err("repetitions", "at least 1".into());
         }
         if !self.chunk_kib.is_power_of_two() || self.chunk_kib < 4 {
-            return err("chunk_kib", format!("{} is not a power of two of at least 4", self.chunk_kib));
+            return err(
+                "chunk_kib",
+                format!("{} is not a power of two of at least 4", self.chunk_kib),
+            );
         }
         if self.pull_workers == 0 {
             return err("pull_workers", "at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.finalize_after_local) {
-            return err("finalize_after_local", format!("{} is not a fraction from 0 to 1", self.finalize_after_local));
+            return err(
+                "finalize_after_local",
+                format!(
+                    "{} is not a fraction from 0 to 1",
+                    self.finalize_after_local
+                ),
+            );
         }
         for p in self.points() {
             if !(0.0..=10_000.0).contains(&p.rtt_ms) {
                 return err("rtt_ms", format!("{} is not in 0..=10000", p.rtt_ms));
             }
-            if p.region_mib == 0 || p.region_mib > 16 << 10 || (p.region_mib << 10) % self.chunk_kib != 0 {
+            if p.region_mib == 0
+                || p.region_mib > 16 << 10
+                || (p.region_mib << 10) % self.chunk_kib != 0
+            {
                 return err(
                     "region_mib",
-                    format!("{} is not in 1..=16384 and a whole number of {} KiB chunks", p.region_mib, self.chunk_kib),
+                    format!(
+                        "{} is not in 1..=16384 and a whole number of {} KiB chunks",
+                        p.region_mib, self.chunk_kib
+                    ),
                 );
             }
         }
@@ -218,13 +240,26 @@ impl DowntimeScenario {
     pub fn points(&self) -> Vec<Point> {
         let mut points = vec![self.base];
         for sweep in self.sweeps.values() {
-            let rtts = sweep.rtt_ms.clone().unwrap_or_else(|| vec![self.base.rtt_ms]);
-            let sizes = sweep.region_mib.clone().unwrap_or_else(|| vec![self.base.region_mib]);
-            let rates = sweep.dirty_rate.clone().unwrap_or_else(|| vec![self.base.dirty_rate]);
+            let rtts = sweep
+                .rtt_ms
+                .clone()
+                .unwrap_or_else(|| vec![self.base.rtt_ms]);
+            let sizes = sweep
+                .region_mib
+                .clone()
+                .unwrap_or_else(|| vec![self.base.region_mib]);
+            let rates = sweep
+                .dirty_rate
+                .clone()
+                .unwrap_or_else(|| vec![self.base.dirty_rate]);
             for &rtt_ms in &rtts {
                 for &region_mib in &sizes {
                     for &dirty_rate in &rates {
-                        let p = Point { rtt_ms, region_mib, dirty_rate };
+                        let p = Point {
+                            rtt_ms,
+                            region_mib,
+                            dirty_rate,
+                        };
                         if !points.contains(&p) {
                             points.push(p);
                         }
@@ -236,11 +271,17 @@ impl DowntimeScenario {
     }
 
     fn strategies(&self) -> Vec<Strategy> {
-        self.strategies.iter().filter_map(|s| Strategy::parse(s)).collect()
+        self.strategies
+            .iter()
+            .filter_map(|s| Strategy::parse(s))
+            .collect()
     }
 
     fn transports(&self) -> Vec<TransportKind> {
-        self.transports.iter().filter_map(|t| t.parse().ok()).collect()
+        self.transports
+            .iter()
+            .filter_map(|t| t.parse().ok())
+            .collect()
     }
 
     fn plan(&self, strategy: Strategy, transport: TransportKind, point: &Point) -> CellPlan {
@@ -328,7 +369,8 @@ pub fn run(
                         point.rtt_ms,
                         point.dirty_rate
                     ));
-                    let mut record = new_record(scenario, emulation, strategy, transport, point, repetition);
+                    let mut record =
+                        new_record(scenario, emulation, strategy, transport, point, repetition);
                     let start = Instant::now();
                     match &network {
                         None => {
@@ -367,7 +409,9 @@ pub fn run(
     }
     writer.manifest_mut().warnings = warnings.clone();
     let rows = results::summarize(writer.records());
-    let dir = writer.finish(utc_now()).context("finishing the run directory")?;
+    let dir = writer
+        .finish(utc_now())
+        .context("finishing the run directory")?;
     Ok(RunReport {
         dir,
         rows,
@@ -389,8 +433,14 @@ fn new_record(
         ("rtt_ms".to_owned(), serde_json::json!(point.rtt_ms)),
         ("region_mib".to_owned(), serde_json::json!(point.region_mib)),
         ("dirty_rate".to_owned(), serde_json::json!(point.dirty_rate)),
-        ("chunk_kib".to_owned(), serde_json::json!(scenario.chunk_kib)),
-        ("pattern".to_owned(), serde_json::json!(scenario.pattern.name())),
+        (
+            "chunk_kib".to_owned(),
+            serde_json::json!(scenario.chunk_kib),
+        ),
+        (
+            "pattern".to_owned(),
+            serde_json::json!(scenario.pattern.name()),
+        ),
     ]);
     let id: Vec<String> = params
         .iter()
@@ -437,7 +487,10 @@ fn fill(record: &mut CellRecord, r: &migrate::CellResult, point: &Point) {
     other.insert("dirty_sync_count".into(), r.dirty_sync_count as f64);
     other.insert("precopy_rounds".into(), r.rounds as f64);
     other.insert("app_ops".into(), r.destination.ops as f64);
-    other.insert("app_checks".into(), (r.source.app.checks + r.destination.checks) as f64);
+    other.insert(
+        "app_checks".into(),
+        (r.source.app.checks + r.destination.checks) as f64,
+    );
     if let Some(why) = &r.integrity_failure {
         record.status = CellStatus::Failed;
         record.reason = Some(format!("integrity: {why}"));
@@ -450,11 +503,29 @@ pub fn table(rows: &[SummaryRow]) -> String {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     t.set_header([
-        "strategy", "transport", "rtt ms", "MiB", "pages/s", "setup ms", "downtime ms", "total ms", "ampl.", "dirty", "stall ms", "ok",
+        "strategy",
+        "transport",
+        "rtt ms",
+        "MiB",
+        "pages/s",
+        "setup ms",
+        "downtime ms",
+        "total ms",
+        "ampl.",
+        "dirty",
+        "stall ms",
+        "ok",
     ]);
-    let num = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
+    let num = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    };
     for r in rows {
-        let p = |k: &str| r.params.get(k).map(results::summary::param_text).unwrap_or_default();
+        let p = |k: &str| {
+            r.params
+                .get(k)
+                .map(results::summary::param_text)
+                .unwrap_or_default()
+        };
         let o = |k: &str| r.other_medians.get(k).copied();
         let md = |k: &str| r.medians.get(k).copied();
         t.add_row([
@@ -475,18 +546,37 @@ pub fn table(rows: &[SummaryRow]) -> String {
     t.to_string()
 }
 
+/// A point's other axes, as text: (transport, RTT, dirty rate or size).
+type Group = (String, String, String);
+/// Per strategy: (region MiB, downtime ms) at each size.
+type BySize = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// The smallest and the largest region of `points` (size, value).
+fn size_ends(points: &[(f64, f64)]) -> Option<((f64, f64), (f64, f64))> {
+    let smallest = points.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0))?;
+    let largest = points.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0))?;
+    (largest.0 > smallest.0).then_some((smallest, largest))
+}
+
 /// The targets, checked on the medians of a run: two-step downtime
 /// flat across region size while stop-and-copy grows, and two-step moving
 /// fewer bytes than pre-copy at every dirty rate.
 pub fn target_lines(rows: &[SummaryRow]) -> Vec<String> {
-    let value = |r: &SummaryRow, k: &str| r.other_medians.get(k).copied().or_else(|| r.medians.get(k).copied());
+    let value = |r: &SummaryRow, k: &str| {
+        r.other_medians
+            .get(k)
+            .copied()
+            .or_else(|| r.medians.get(k).copied())
+    };
     let param = |r: &SummaryRow, k: &str| r.params.get(k).and_then(|v| v.as_f64());
-    let mut lines = Vec::new();
-    // Group by everything but the strategy and the region size.
-    let mut by_size: BTreeMap<(String, String, String), BTreeMap<String, Vec<(f64, f64)>>> = BTreeMap::new();
-    let mut by_rate: BTreeMap<(String, String, String), BTreeMap<String, f64>> = BTreeMap::new();
+    let mut by_size: BTreeMap<Group, BySize> = BTreeMap::new();
+    let mut by_rate: BTreeMap<Group, BTreeMap<String, f64>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.ok > 0) {
-        let (Some(rtt), Some(size), Some(rate)) = (param(r, "rtt_ms"), param(r, "region_mib"), param(r, "dirty_rate")) else {
+        let (Some(rtt), Some(size), Some(rate)) = (
+            param(r, "rtt_ms"),
+            param(r, "region_mib"),
+            param(r, "dirty_rate"),
+        ) else {
             continue;
         };
         let transport = r.transport.clone().unwrap_or_default();
@@ -500,30 +590,39 @@ pub fn target_lines(rows: &[SummaryRow]) -> Vec<String> {
         }
         if let Some(a) = value(r, "transfer_amplification") {
             by_rate
-                .entry((transport, rtt.to_string(), format!("{size} MiB, {rate} pages/s")))
+                .entry((
+                    transport,
+                    rtt.to_string(),
+                    format!("{size} MiB, {rate} pages/s"),
+                ))
                 .or_default()
                 .insert(r.implementation.clone(), a);
         }
     }
+    let mut lines = Vec::new();
     for ((transport, rtt, rate), strategies) in &by_size {
-        let span = |s: &str| {
-            let v = strategies.get(s)?;
-            if v.len() < 2 {
-                return None;
-            }
-            let (lo, hi) = (v.iter().cloned().fold((f64::MAX, 0.0), |a, b| if b.0 < a.0 { b } else { a }), v.iter().cloned().fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a }));
-            Some((lo, hi))
-        };
-        if let (Some(two), Some(sc)) = (span("two-step"), span("stop-and-copy")) {
+        let ends = |s: &str| strategies.get(s).and_then(|v| size_ends(v));
+        if let (Some((two_lo, two_hi)), Some((sc_lo, sc_hi))) =
+            (ends("two-step"), ends("stop-and-copy"))
+        {
             lines.push(format!(
                 "{transport}, rtt {rtt} ms, {rate} pages/s: two-step downtime {:.1} ms at {} MiB -> {:.1} ms at {} MiB (x{:.2}); stop-and-copy {:.1} -> {:.1} ms (x{:.2})",
-                two.0 .1, two.0 .0, two.1 .1, two.1 .0, two.1 .1 / two.0 .1.max(1e-9),
-                sc.0 .1, sc.1 .1, sc.1 .1 / sc.0 .1.max(1e-9),
+                two_lo.1,
+                two_lo.0,
+                two_hi.1,
+                two_hi.0,
+                two_hi.1 / two_lo.1.max(1e-9),
+                sc_lo.1,
+                sc_hi.1,
+                sc_hi.1 / sc_lo.1.max(1e-9),
             ));
         }
     }
     for ((transport, rtt, at), strategies) in &by_rate {
-        if let (Some(two), Some(pre)) = (strategies.get("two-step"), strategies.get("precopy-iterative")) {
+        if let (Some(two), Some(pre)) = (
+            strategies.get("two-step"),
+            strategies.get("precopy-iterative"),
+        ) {
             let verdict = if two < pre { "met" } else { "MISSED" };
             lines.push(format!(
                 "target {verdict}: transfer amplification two-step {two:.3} < precopy-iterative {pre:.3} ({transport}, rtt {rtt} ms, {at})"

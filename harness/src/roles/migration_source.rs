@@ -80,7 +80,7 @@ pub fn run(args: MigrationSourceArgs) -> anyhow::Result<()> {
 }
 
 fn serve(args: MigrationSourceArgs) -> anyhow::Result<()> {
-    if args.size == 0 || args.size % PAGE as u64 != 0 {
+    if args.size == 0 || !args.size.is_multiple_of(PAGE as u64) {
         anyhow::bail!("--size {} is not a positive multiple of {PAGE}", args.size);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,7 +121,9 @@ fn serve(args: MigrationSourceArgs) -> anyhow::Result<()> {
     let (app_run, waited) = std::thread::scope(|scope| {
         let mem = map.as_mut_slice();
         let runner = scope.spawn(|| match mem {
-            Some(mem) => app.run(mem, Some(&control.gate), &stop).map_err(anyhow::Error::from),
+            Some(mem) => app
+                .run(mem, Some(&control.gate), &stop)
+                .map_err(anyhow::Error::from),
             None => Err(anyhow::anyhow!("the source region is mapped read-only")),
         });
         let cpu_at_ready = crate::host::process_cpu_seconds();
