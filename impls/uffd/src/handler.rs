@@ -36,7 +36,7 @@
 //! fault), background pulling of chunks nobody touched yet, and handling of
 //! `mremap`/`munmap` of the region (both unsupported; see the crate docs).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -192,14 +192,14 @@ impl Geometry {
 /// A page-aligned buffer of `len` bytes, without `unsafe`: a `Vec` one page
 /// longer than needed, used from its first aligned byte.
 #[derive(Debug)]
-struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     storage: Vec<u8>,
     offset: usize,
     len: usize,
 }
 
 impl AlignedBuf {
-    fn new(len: usize, align: usize) -> Self {
+    pub(crate) fn new(len: usize, align: usize) -> Self {
         let storage = vec![0u8; len + align];
         let offset = storage.as_ptr().align_offset(align);
         assert!(
@@ -213,7 +213,7 @@ impl AlignedBuf {
         }
     }
 
-    fn prefix_mut(&mut self, len: usize) -> &mut [u8] {
+    pub(crate) fn prefix_mut(&mut self, len: usize) -> &mut [u8] {
         assert!(
             len <= self.len,
             "asked for {len} bytes of a {}-byte buffer",
@@ -222,14 +222,14 @@ impl AlignedBuf {
         &mut self.storage[self.offset..self.offset + len]
     }
 
-    fn as_ptr(&self) -> *const u8 {
+    pub(crate) fn as_ptr(&self) -> *const u8 {
         self.storage[self.offset..].as_ptr()
     }
 }
 
 /// What installing one chunk took.
 #[derive(Debug, Default)]
-struct InstallReport {
+pub(crate) struct InstallReport {
     eagain_retries: u64,
     eexist_fallbacks: u64,
 }
@@ -237,7 +237,10 @@ struct InstallReport {
 /// The handler's state; owned by its thread.
 #[derive(Debug)]
 pub(crate) struct Handler {
-    uffd: OwnedFd,
+    /// Shared with the background pull's workers while they run; the
+    /// last holder's drop closes it, which unregisters the range and wakes
+    /// every waiting thread.
+    uffd: Arc<OwnedFd>,
     shutdown: Arc<EventFd>,
     shared: Arc<Shared>,
     source: BlockingBackend,
@@ -250,7 +253,7 @@ pub(crate) struct Handler {
 
 impl Handler {
     pub(crate) fn new(
-        uffd: OwnedFd,
+        uffd: Arc<OwnedFd>,
         shutdown: Arc<EventFd>,
         shared: Arc<Shared>,
         source: BlockingBackend,
@@ -449,78 +452,102 @@ impl Handler {
 
     /// Installs the first `len` buffered bytes at region offset `offset`.
     fn install(&self, offset: u64, len: u64) -> Result<InstallReport, HandlerError> {
-        let mut report = InstallReport::default();
-        let mut done = 0u64;
-        let mut page_by_page = false;
-        let mut stalls = 0u32;
-        while done < len {
-            let step = if page_by_page {
-                self.geometry.page_size
-            } else {
-                len - done
-            };
-            let dst = self.geometry.start + offset + done;
-            // SAFETY: the source is `step` bytes of `self.buf`, which holds
-            // at least `len` bytes (`done + step <= len`) and is not touched
-            // during the call. The destination lies inside the region
-            // (`offset + len <= size`), registered with `self.uffd` and owned
-            // by the `UffdRegion` that outlives this thread; the kernel only
-            // fills pages that are missing, which no one can have observed.
-            let outcome = unsafe {
-                sys::copy(
-                    self.uffd.as_fd(),
-                    dst,
-                    self.buf.as_ptr().add(done as usize),
-                    step,
-                    false,
-                )
-            };
-            match outcome {
-                CopyOutcome::Done => {
-                    done += step;
-                    stalls = 0;
-                }
-                CopyOutcome::Partial { copied } if copied <= step => {
-                    done += copied;
-                    stalls = 0;
-                    report.eagain_retries += 1;
-                }
-                CopyOutcome::Partial { copied } => {
-                    return Err(HandlerError::CopyOverreport {
+        // SAFETY: `self.buf` holds at least `len` bytes (the chunk fetched
+        // into it) and is not touched during the call; the range is a chunk
+        // of the region registered with `self.uffd`.
+        unsafe {
+            install_range(
+                self.uffd.as_fd(),
+                &self.geometry,
+                self.buf.as_ptr(),
+                offset,
+                len,
+                false,
+            )
+        }
+    }
+}
+
+/// Installs `len` bytes from `src` at region offset `offset` with
+/// `UFFDIO_COPY`, keeping pages already present (`EEXIST`: copied page by
+/// page) and resuming after partial copies. `wake` wakes threads waiting
+/// on the range; the fault handler copies without waking and wakes later.
+///
+/// # Safety
+///
+/// `src..src + len` must be readable and unchanged for the call, and
+/// `offset..offset + len` must lie inside the region `geometry` describes,
+/// registered with `uffd` and mapped for the whole call.
+pub(crate) unsafe fn install_range(
+    uffd: BorrowedFd<'_>,
+    geometry: &Geometry,
+    src: *const u8,
+    offset: u64,
+    len: u64,
+    wake: bool,
+) -> Result<InstallReport, HandlerError> {
+    let mut report = InstallReport::default();
+    let mut done = 0u64;
+    let mut page_by_page = false;
+    let mut stalls = 0u32;
+    while done < len {
+        let step = if page_by_page {
+            geometry.page_size
+        } else {
+            len - done
+        };
+        let dst = geometry.start + offset + done;
+        // SAFETY: the source is `step` bytes of `src..src + len`
+        // (`done + step <= len`), readable per the caller. The
+        // destination lies inside the registered region per the caller;
+        // the kernel only fills pages that are missing, which no one can
+        // have observed.
+        let outcome = unsafe { sys::copy(uffd, dst, src.add(done as usize), step, wake) };
+        match outcome {
+            CopyOutcome::Done => {
+                done += step;
+                stalls = 0;
+            }
+            CopyOutcome::Partial { copied } if copied <= step => {
+                done += copied;
+                stalls = 0;
+                report.eagain_retries += 1;
+            }
+            CopyOutcome::Partial { copied } => {
+                return Err(HandlerError::CopyOverreport {
+                    offset: offset + done,
+                    copied,
+                    requested: step,
+                })
+            }
+            CopyOutcome::Failed(Errno::EAGAIN) => {
+                stalls += 1;
+                report.eagain_retries += 1;
+                if stalls >= MAX_COPY_STALLS {
+                    return Err(HandlerError::CopyStalled {
                         offset: offset + done,
-                        copied,
-                        requested: step,
-                    })
+                        stalls,
+                        max: MAX_COPY_STALLS,
+                    });
                 }
-                CopyOutcome::Failed(Errno::EAGAIN) => {
-                    stalls += 1;
-                    report.eagain_retries += 1;
-                    if stalls >= MAX_COPY_STALLS {
-                        return Err(HandlerError::CopyStalled {
-                            offset: offset + done,
-                            stalls,
-                            max: MAX_COPY_STALLS,
-                        });
-                    }
-                    thread::yield_now();
-                }
-                // This page is present already: keep it.
-                CopyOutcome::Failed(Errno::EEXIST) if page_by_page => done += step,
-                CopyOutcome::Failed(Errno::EEXIST) => {
-                    page_by_page = true;
-                    report.eexist_fallbacks += 1;
-                }
-                CopyOutcome::Failed(errno) => {
-                    return Err(HandlerError::Copy {
-                        offset: offset + done,
-                        len: len - done,
-                        errno,
-                    })
-                }
+                thread::yield_now();
+            }
+            // This page is present already: keep it.
+            CopyOutcome::Failed(Errno::EEXIST) if page_by_page => done += step,
+            CopyOutcome::Failed(Errno::EEXIST) => {
+                page_by_page = true;
+                report.eexist_fallbacks += 1;
+            }
+            CopyOutcome::Failed(errno) => {
+                return Err(HandlerError::Copy {
+                    offset: offset + done,
+                    len: len - done,
+                    errno,
+                })
             }
         }
-        Ok(report)
     }
+    Ok(report)
 }
 
 /// Why `poll` returned.

@@ -14,6 +14,8 @@
 //! - [`open`] obtains a userfaultfd (device, syscall, user-mode-only).
 //! - [`region`] holds [`UffdRegion`], with its Behavior and Limitations.
 //! - [`handler`] is the fault-handling thread and the races it handles.
+//! - [`background`] is the background pull of a post-copy region
+//!   ([`UffdRegion::start_background_pull`]).
 //! - [`stats`] holds [`FaultStats`].
 //! - [`wp`] holds [`DirtyTracker`]: write-protect dirty tracking (async
 //!   with `PAGEMAP_SCAN`, or sync with a handler thread).
@@ -46,6 +48,7 @@
 //! assert_eq!(region.stats().chunks_installed, 16);
 //! ```
 
+pub mod background;
 pub mod config;
 pub mod handler;
 mod mapping;
@@ -56,6 +59,7 @@ pub mod stats;
 mod sys;
 pub mod wp;
 
+pub use background::BackgroundPull;
 pub use config::{ConfigError, UffdConfig};
 pub use handler::{HandlerError, FETCH_ATTEMPTS};
 pub use open::{OpenMode, OpenedVia};

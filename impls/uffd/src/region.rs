@@ -1,13 +1,14 @@
 //! [`UffdRegion`]: the mapping, its userfaultfd registration and handler.
 
-use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use backends::{BackendError, BlockingBackend};
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::background::{self, BackgroundPull};
 use crate::config::{page_size, ConfigError, UffdConfig};
 use crate::handler::{self, Geometry, Handler, HandlerError, Shared};
 use crate::mapping::Mapping;
@@ -69,6 +70,9 @@ pub enum UffdError {
     /// Spawning the handler thread failed.
     #[error("spawning the handler thread failed: {0}")]
     Spawn(#[source] std::io::Error),
+    /// Starting the background pull failed.
+    #[error("starting the background pull failed: {0}")]
+    BackgroundPull(#[source] std::io::Error),
     /// Pinning the handler thread failed.
     #[error("pinning the handler thread to CPU {cpu} failed: {errno}; allowed: a CPU in this process's affinity mask")]
     Pin {
@@ -139,6 +143,13 @@ pub struct UffdRegion {
     shutdown: Arc<EventFd>,
     shared: Arc<Shared>,
     handler: Option<JoinHandle<()>>,
+    /// The handler's userfaultfd, for the background pull. Weak: when the
+    /// handler stops on an error, its descriptor must close (waking every
+    /// waiting thread) whatever the region holds.
+    uffd: Weak<OwnedFd>,
+    geometry: Geometry,
+    /// The background pull, when started; joined before the handler.
+    background: Option<(Arc<BackgroundPull>, Vec<JoinHandle<()>>)>,
     /// Dropped after `Drop::drop` has joined the handler.
     mapping: Mapping,
 }
@@ -197,8 +208,10 @@ impl UffdRegion {
             chunk_size: config.chunk_size as u64,
             page_size: page_size as u64,
         };
+        let fd = Arc::new(opened.fd);
+        let uffd = Arc::downgrade(&fd);
         let handler = Handler::new(
-            opened.fd,
+            fd,
             Arc::clone(&shutdown),
             Arc::clone(&shared),
             source,
@@ -219,8 +232,41 @@ impl UffdRegion {
             shutdown,
             shared,
             handler: Some(join),
+            uffd,
+            geometry,
+            background: None,
             mapping,
         })
+    }
+
+    /// Starts `workers` threads that fetch every chunk from `source` in
+    /// order and install it, while faults keep being served first: the
+    /// background half of a post-copy. Returns its progress. `source` must
+    /// hold the same bytes as the handler's and must not change meanwhile.
+    /// At most one background pull per region.
+    pub fn start_background_pull(
+        &mut self,
+        source: BlockingBackend,
+        workers: usize,
+    ) -> Result<Arc<BackgroundPull>, UffdError> {
+        if let Some((progress, _)) = &self.background {
+            return Ok(progress.clone());
+        }
+        let uffd = self.uffd.upgrade().ok_or_else(|| {
+            UffdError::BackgroundPull(std::io::Error::other(
+                "the fault handler has stopped (see `error()`)",
+            ))
+        })?;
+        let (progress, joins) = background::spawn(
+            workers.max(1),
+            uffd,
+            self.shared.clone(),
+            self.geometry,
+            source,
+        )
+        .map_err(UffdError::BackgroundPull)?;
+        self.background = Some((progress.clone(), joins));
+        Ok(progress)
     }
 
     /// The first byte of the region.
@@ -298,6 +344,14 @@ impl UffdRegion {
 
 impl Drop for UffdRegion {
     fn drop(&mut self) {
+        if let Some((progress, joins)) = self.background.take() {
+            progress.stop();
+            for join in joins {
+                if join.join().is_err() {
+                    tracing::error!("a background pull thread panicked");
+                }
+            }
+        }
         let Some(join) = self.handler.take() else {
             return;
         };

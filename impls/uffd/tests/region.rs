@@ -418,3 +418,50 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The background pull fills the whole region without a touch; a writer
+/// racing it keeps its write (the pull never installs over a present page);
+/// and every page holds the source's bytes afterwards.
+#[test]
+fn background_pull_fills_every_chunk_and_never_overwrites_a_write() {
+    let rt = runtime();
+    let size = 4 * 1024 * KIB;
+    let chunk_size = 64 * KIB;
+    let bytes = random_bytes(size, 9);
+    let source = Arc::new(Probe::memory(bytes.clone()).with_delay(Duration::from_micros(200)));
+    let Some(mut region) = open_or_skip(UffdConfig::new(size, chunk_size), shared(&source), &rt)
+    else {
+        return;
+    };
+    let progress = region
+        .start_background_pull(
+            backends::BlockingBackend::new(shared(&source), rt.handle().clone()),
+            4,
+        )
+        .unwrap();
+    // A write to the last chunk, which the in-order pull reaches last: the
+    // fault handler installs it first, and the pull must keep the write.
+    let at = size - chunk_size + 17;
+    let value = !bytes[at];
+    region.as_mut_slice()[at] = value;
+    let deadline = std::time::Instant::now() + HANG;
+    while !progress.finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background pull hung"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(progress.error().is_none(), "{:?}", progress.error());
+    assert_eq!(progress.chunks(), (size / chunk_size) as u64);
+    assert_eq!(progress.installed(), progress.chunks());
+    let touched_before = region.stats().faults;
+    let mut expected = bytes.clone();
+    expected[at] = value;
+    assert_same(region.as_slice(), &expected);
+    assert_eq!(
+        region.stats().faults,
+        touched_before,
+        "every page was present: reading the region faulted no more"
+    );
+}
