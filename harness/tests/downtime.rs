@@ -16,7 +16,7 @@ const SMALL: &str = r#"
 name = "downtime"
 kind = "downtime"
 description = "every strategy, a small region"
-strategies = ["two-step", "stop-and-copy", "precopy-iterative"]
+strategies = ["two-step", "stop-and-copy", "precopy-iterative", "postcopy"]
 transports = ["frpc"]
 repetitions = 1
 seed = 3
@@ -53,8 +53,8 @@ fn every_strategy_migrates_a_written_region_intact_across_namespaces() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let records = cells(&run_dir(&out_dir));
-    // 3 strategies x 2 points.
-    assert_eq!(records.len(), 6, "{stdout}");
+    // 4 strategies x 2 points.
+    assert_eq!(records.len(), 8, "{stdout}");
     for r in &records {
         assert_eq!(r["status"], "ok", "{r}");
         let m = &r["metrics"];
@@ -107,9 +107,9 @@ fn bad_settings_name_the_key_and_what_is_allowed() {
     let tmp = tempfile::tempdir().unwrap();
     for (from, to, expect) in [
         (
-            "\"precopy-iterative\"]",
+            "\"postcopy\"]",
             "\"postcopy-magic\"]",
-            "two-step, stop-and-copy, precopy-iterative",
+            "two-step, stop-and-copy, precopy-iterative, postcopy",
         ),
         ("transports = [\"frpc\"]", "transports = [\"raw\"]", "raw"),
         ("chunk_kib = 64", "chunk_kib = 48", "power of two"),

@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use migration::{FinalizePolicy, Leecher, LeecherOptions};
@@ -207,6 +208,7 @@ fn migrate(
         Strategy::StopAndCopy | Strategy::PrecopyIterative => {
             copy_strategy(plan, seeder, runtime, source, started)
         }
+        Strategy::Postcopy => postcopy(plan, seeder, runtime, source, started),
     }
 }
 
@@ -334,6 +336,82 @@ fn copy_strategy(
         destination: outcome.stats,
         integrity_failure: outcome.integrity_failure,
     })
+}
+
+/// Post-copy: suspend the source at once, resume on a userfaultfd region
+/// whose faults fetch from the stopped source, while `pull_workers`
+/// threads install every chunk in the background.
+fn postcopy(
+    plan: &CellPlan,
+    seeder: SharedSeeder,
+    runtime: &Runtime,
+    source: &[u8],
+    started: Instant,
+) -> Result<Migrated, String> {
+    runtime
+        .block_on(seeder.track())
+        .map_err(|e| format!("the seeder's Track: {e}"))?;
+    let remote: backends::SharedBackend = Arc::new(SeederReads(seeder.clone()));
+    let blocking = || backends::BlockingBackend::new(remote.clone(), runtime.handle().clone());
+    let config = uffd::UffdConfig::new(source.len(), plan.chunk_bytes as usize);
+    let mut region = uffd::UffdRegion::open(config, blocking())
+        .map_err(|e| format!("opening the userfaultfd region: {e}"))?;
+    let setup = started.elapsed();
+    runtime
+        .block_on(seeder.sync())
+        .map_err(|e| format!("the seeder's Sync: {e}"))?;
+    let resumed_at_ns = monotonic_ns();
+    let pull = region
+        .start_background_pull(blocking(), plan.pull_workers)
+        .map_err(|e| e.to_string())?;
+    let outcome = run_destination_app(plan, source, region.as_mut_slice(), || {
+        while !pull.finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match pull.error() {
+            Some(e) => Err(format!("the background pull: {e}")),
+            None => Ok(()),
+        }
+    })?;
+    if let Some(e) = region.error() {
+        return Err(format!("the fault handler: {e}"));
+    }
+    drop(region);
+    if let Err(e) = runtime.block_on(seeder.close()) {
+        tracing::warn!("closing the seeder: {e}");
+    }
+    Ok(Migrated {
+        setup,
+        total: outcome.complete_at.duration_since(started),
+        resumed_at_ns,
+        resumed_from_ops: outcome.resumed_from_ops,
+        dirty_sync_count: 0,
+        rounds: 0,
+        destination: outcome.stats,
+        integrity_failure: outcome.integrity_failure,
+    })
+}
+
+/// The seeder's reads as a read-only backend, for the userfaultfd region.
+#[derive(Debug)]
+struct SeederReads(SharedSeeder);
+
+#[async_trait::async_trait]
+impl backends::Backend for SeederReads {
+    async fn read_at(&self, buf: &mut [u8], offset: u64) -> backends::Result<usize> {
+        self.0.read_at(buf, offset).await
+    }
+    async fn write_at(&self, _: &[u8], _: u64) -> backends::Result<()> {
+        Err(backends::BackendError::Remote(
+            "a post-copy destination never writes to the source".into(),
+        ))
+    }
+    async fn size(&self) -> backends::Result<u64> {
+        self.0.size().await
+    }
+    async fn sync(&self) -> backends::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads the chunks at `offsets` from the seeder into `memory`, with

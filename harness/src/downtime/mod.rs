@@ -10,6 +10,9 @@
 //! - `precopy-iterative`: QEMU-style rounds of `Dirty` while the source
 //!   runs, until the rest would move within `downtime_target_ms` at the
 //!   last round's rate or `max_rounds` ran; then suspend and copy the rest.
+//! - `postcopy`: suspend at once, resume on a userfaultfd region whose
+//!   faults are served from the source first while `pull_workers` threads
+//!   pull every chunk in the background.
 //!
 //! Every strategy is driven from the destination over the transports'
 //! seeder service, against one source: the application on a seeder's mount
@@ -22,9 +25,8 @@
 //! Cells need the packet-level emulation (root: namespaces and mounts); in
 //! `inproc` they are recorded as skipped.
 //!
-//! Not here yet: the `postcopy` strategy (userfaultfd with a background
-//! pull), a dirty-rate-settled finalize policy, and faults during the
-//! migration.
+//! Not here yet: a dirty-rate-settled finalize policy, and faults during
+//! the migration.
 
 pub mod app;
 mod migrate;
@@ -63,16 +65,23 @@ pub enum Strategy {
     TwoStep,
     StopAndCopy,
     PrecopyIterative,
+    Postcopy,
 }
 
 impl Strategy {
-    const ALL: [Strategy; 3] = [Self::TwoStep, Self::StopAndCopy, Self::PrecopyIterative];
+    const ALL: [Strategy; 4] = [
+        Self::TwoStep,
+        Self::StopAndCopy,
+        Self::PrecopyIterative,
+        Self::Postcopy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::TwoStep => "two-step",
             Self::StopAndCopy => "stop-and-copy",
             Self::PrecopyIterative => "precopy-iterative",
+            Self::Postcopy => "postcopy",
         }
     }
 
