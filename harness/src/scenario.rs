@@ -70,6 +70,11 @@ const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Fixed cell sets for `harness bench --profile NAME`, by profile name.
+/// Kept apart from [`BUILT_IN`] so `harness scenario thesis` does not run
+/// them; `harness scenario NAME` still finds them.
+pub const BENCH_SETS: &[(&str, &str)] = &[("ci", include_str!("../../scenarios/ci.toml"))];
+
 /// The most pull workers a cell may ask for: the thesis's sweep went to
 /// 16384, each one a task holding one chunk request in flight.
 pub const MAX_PULL_WORKERS: usize = 16_384;
@@ -560,6 +565,7 @@ fn read_source(name_or_path: &str) -> Result<(String, String), ScenarioError> {
     } else {
         let (_, text) = BUILT_IN
             .iter()
+            .chain(BENCH_SETS)
             .find(|(n, _)| *n == name_or_path)
             .ok_or_else(|| ScenarioError::UnknownName {
                 name: name_or_path.to_owned(),
@@ -878,7 +884,7 @@ mod tests {
 
     #[test]
     fn every_built_in_scenario_parses_under_every_profile_it_has() {
-        for (name, _) in BUILT_IN {
+        for (name, _) in BUILT_IN.iter().chain(BENCH_SETS) {
             for profile in ["quick", "default", "thesis"] {
                 load_any(name, profile).unwrap();
             }

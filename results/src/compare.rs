@@ -5,7 +5,10 @@
 //! A change is a regression (or an improvement) only when it is both
 //! significant (two-sided permutation test, p below [`CompareConfig::alpha`])
 //! and larger than the metric's noise threshold (ratio of medians beyond
-//! 1 +- threshold). Only metrics whose better direction is known
+//! 1 +- threshold). A report tests a hundred or more cell-metric pairs at
+//! once; at p < 0.01 each, one of them would cross by chance in most
+//! comparisons of two identical trees. So by default the level holds for
+//! the whole report (Holm's step-down correction, [`Correction`]). Only metrics whose better direction is known
 //! ([`builtin_direction`] or the config) can gate; the rest are reported.
 //! Where a cell has an in-run ratio of a metric (see [`crate::samples`]) in
 //! both sets, that ratio gates and the absolute metric is only reported.
@@ -65,6 +68,19 @@ pub fn builtin_direction(metric: &str) -> Option<Direction> {
     })
 }
 
+/// How the significance level is shared among a report's comparisons.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Correction {
+    /// Holm's step-down: the chance that any unchanged pair is called
+    /// changed stays below alpha (family-wise), with more power than
+    /// Bonferroni.
+    #[default]
+    Holm,
+    /// Each pair at alpha on its own.
+    None,
+}
+
 /// Per-metric settings from the thresholds file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +99,7 @@ pub struct MetricOverride {
 /// ```toml
 /// threshold = 0.05            # default noise threshold
 /// alpha = 0.01                # significance level
+/// correction = "holm"         # or "none": alpha per comparison
 /// [metrics.setup_ms]
 /// threshold = 0.15
 /// [metrics.prepulled_mib]
@@ -95,6 +112,8 @@ pub struct CompareConfig {
     pub threshold: f64,
     #[serde(default = "default_alpha")]
     pub alpha: f64,
+    #[serde(default)]
+    pub correction: Correction,
     #[serde(default)]
     pub metrics: BTreeMap<String, MetricOverride>,
     /// Resamples of the bootstrap confidence interval.
@@ -123,6 +142,7 @@ impl Default for CompareConfig {
         Self {
             threshold: default_threshold(),
             alpha: default_alpha(),
+            correction: Correction::default(),
             metrics: BTreeMap::new(),
             bootstrap_resamples: default_resamples(),
             seed: default_seed(),
@@ -227,6 +247,8 @@ pub struct MetricComparison {
     /// Bootstrap confidence interval of the ratio at `1 - alpha`.
     pub ratio_ci: Option<(f64, f64)>,
     pub p_value: f64,
+    /// The level `p_value` was held to: alpha, or less after correction.
+    pub level: f64,
     pub exact: bool,
     pub threshold: f64,
     pub verdict: Verdict,
@@ -318,6 +340,7 @@ pub fn compare_samples(
         ratio,
         ratio_ci,
         p_value: test.p_value,
+        level: config.alpha,
         exact: test.exact,
         threshold,
         verdict,
@@ -348,6 +371,9 @@ pub fn compare(base: &SampleSet, new: &SampleSet, config: &CompareConfig) -> Com
             rows.push(row);
         }
     }
+    if config.correction == Correction::Holm {
+        holm(&mut rows, config.alpha);
+    }
     CompareReport {
         rows,
         only_in_base: base
@@ -369,6 +395,38 @@ pub fn compare(base: &SampleSet, new: &SampleSet, config: &CompareConfig) -> Com
             .filter(|(_, c)| c.failed > 0)
             .map(|(id, c)| (id.clone(), c.failed))
             .collect(),
+    }
+}
+
+/// Holm's step-down over every row that could reach significance: the
+/// k-th smallest p-value (from 0) must be below alpha / (m - k), and the
+/// first that is not stops the walk. Changes that do not survive become
+/// `Unchanged`, saying why.
+fn holm(rows: &mut [MetricComparison], alpha: f64) {
+    let mut order: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].verdict != Verdict::TooFewSamples)
+        .collect();
+    order.sort_by(|&a, &b| rows[a].p_value.total_cmp(&rows[b].p_value));
+    let m = order.len();
+    let mut rejecting = true;
+    for (k, &i) in order.iter().enumerate() {
+        let level = alpha / (m - k) as f64;
+        let row = &mut rows[i];
+        row.level = level;
+        rejecting = rejecting && row.p_value < level;
+        if !rejecting
+            && matches!(
+                row.verdict,
+                Verdict::Improved | Verdict::Regressed | Verdict::Changed
+            )
+        {
+            row.note = Some(format!(
+                "{} alone (p {:.4} < {alpha}); not after Holm over {m} comparisons",
+                row.verdict.name(),
+                row.p_value
+            ));
+            row.verdict = Verdict::Unchanged;
+        }
     }
 }
 
@@ -535,5 +593,53 @@ mod tests {
         assert!(!absolute.gates);
         assert_eq!(report.rows[1].verdict, Verdict::Unchanged);
         assert!(report.regressions(0.0).is_empty());
+    }
+
+    #[test]
+    fn holm_keeps_clear_changes_and_drops_borderline_ones_among_many() {
+        use crate::samples::tests_support::set;
+        // 100 unchanged metrics, one borderline shift (p about 0.005 alone)
+        // and one clean separation (p = 2 / C(20, 10) = 1.1e-5).
+        let mut base_entries: Vec<(String, Vec<f64>)> =
+            (0..100).map(|i| (format!("m{i}"), ten(100.0))).collect();
+        let mut new_entries = base_entries.clone();
+        let borderline_base = vec![
+            100.0, 104.0, 96.0, 110.0, 90.0, 102.0, 98.0, 106.0, 94.0, 100.0,
+        ];
+        let borderline_new: Vec<f64> = borderline_base.iter().map(|v| v * 1.09).collect();
+        base_entries.push(("setup_ms".into(), borderline_base));
+        new_entries.push(("setup_ms".into(), borderline_new));
+        base_entries.push(("total_ms".into(), ten(100.0)));
+        new_entries.push(("total_ms".into(), ten(130.0)));
+        let as_set = |entries: &[(String, Vec<f64>)]| {
+            let refs: Vec<(&str, &str, Vec<f64>)> = entries
+                .iter()
+                .map(|(m, v)| ("c", m.as_str(), v.clone()))
+                .collect();
+            set(&refs)
+        };
+        let (base, new) = (as_set(&base_entries), as_set(&new_entries));
+        let alone = compare(
+            &base,
+            &new,
+            &CompareConfig {
+                correction: Correction::None,
+                ..CompareConfig::default()
+            },
+        );
+        let row =
+            |r: &CompareReport, m: &str| r.rows.iter().find(|x| x.metric == m).cloned().unwrap();
+        assert_eq!(
+            row(&alone, "setup_ms").verdict,
+            Verdict::Regressed,
+            "{:?}",
+            row(&alone, "setup_ms")
+        );
+        let holm = compare(&base, &new, &CompareConfig::default());
+        let borderline = row(&holm, "setup_ms");
+        assert_eq!(borderline.verdict, Verdict::Unchanged, "{borderline:?}");
+        assert!(borderline.note.unwrap().contains("Holm"));
+        assert_eq!(row(&holm, "total_ms").verdict, Verdict::Regressed);
+        assert_eq!(holm.regressions(0.0).len(), 1);
     }
 }

@@ -6,10 +6,14 @@
 //! they were measured on, so a comparison can say when those differ.
 //!
 //! Besides every scalar metric of a record, a set holds ratios measured
-//! within one run: a cell's throughput over the `baseline` implementation's
-//! at the same parameters and repetition ([`IN_RUN_RATIOS`]). The link, the
-//! machine's load and its clock drift move both sides of such a ratio
-//! together, so it is steadier across runs than the absolute number.
+//! within one run: each repetition's throughput over the median of the
+//! `baseline` implementation's cell at the same parameters in the same run
+//! ([`IN_RUN_RATIOS`]). A machine that is slower for the whole run (another
+//! tenant, a different clock) moves both sides of such a ratio together.
+//! The divisor is the reference's median, not its repetition of the same
+//! index: the runner runs a cell's repetitions back to back, so equal
+//! indices are not measured at the same time and pairing them would only
+//! add the reference's noise.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -173,8 +177,6 @@ impl SampleSet {
     /// The samples of `records`, measured as `manifest` describes.
     pub fn from_records(manifest: &Manifest, records: &[CellRecord]) -> SampleSet {
         let mut cells: BTreeMap<String, CellSamples> = BTreeMap::new();
-        // Per cell: repetition -> metrics, to pair ratios by repetition.
-        let mut by_rep: BTreeMap<String, BTreeMap<u32, BTreeMap<String, f64>>> = BTreeMap::new();
         for r in records {
             let cell = cells
                 .entry(r.cell_id.clone())
@@ -192,18 +194,13 @@ impl SampleSet {
                 CellStatus::Failed => cell.failed += 1,
                 CellStatus::Skipped => cell.skipped += 1,
                 CellStatus::Ok | CellStatus::Truncated => {
-                    let metrics = record_metrics(r);
-                    for (name, v) in &metrics {
-                        cell.samples.entry(name.clone()).or_default().push(*v);
+                    for (name, v) in record_metrics(r) {
+                        cell.samples.entry(name).or_default().push(v);
                     }
-                    by_rep
-                        .entry(r.cell_id.clone())
-                        .or_default()
-                        .insert(r.repetition, metrics);
                 }
             }
         }
-        add_in_run_ratios(&mut cells, &by_rep);
+        add_in_run_ratios(&mut cells);
         SampleSet {
             scenario: manifest.scenario.clone(),
             profile: manifest.profile.clone(),
@@ -259,29 +256,27 @@ fn reference_cell<'a>(
         .map(|(id, _)| id)
 }
 
-fn add_in_run_ratios(
-    cells: &mut BTreeMap<String, CellSamples>,
-    by_rep: &BTreeMap<String, BTreeMap<u32, BTreeMap<String, f64>>>,
-) {
+fn add_in_run_ratios(cells: &mut BTreeMap<String, CellSamples>) {
     let mut ratios: Vec<(String, String, Vec<f64>)> = Vec::new();
     for (id, cell) in cells.iter() {
         if cell.implementation == RATIO_REFERENCE {
             continue;
         }
-        let Some(reference) = reference_cell(cells, cell) else {
-            continue;
-        };
-        let (Some(own), Some(theirs)) = (by_rep.get(id), by_rep.get(reference)) else {
+        let Some(reference) = reference_cell(cells, cell).map(|r| &cells[r]) else {
             continue;
         };
         for &metric in IN_RUN_RATIOS {
+            let (Some(own), Some(theirs)) =
+                (cell.samples.get(metric), reference.samples.get(metric))
+            else {
+                continue;
+            };
+            let Some(divisor) = crate::stats::median_of(theirs).filter(|d| *d != 0.0) else {
+                continue;
+            };
             let values: Vec<f64> = own
                 .iter()
-                .filter_map(|(rep, m)| {
-                    let num = m.get(metric)?;
-                    let den = theirs.get(rep)?.get(metric)?;
-                    (*den != 0.0).then(|| num / den)
-                })
+                .map(|v| v / divisor)
                 .filter(|v| v.is_finite())
                 .collect();
             if !values.is_empty() {
@@ -384,10 +379,10 @@ mod tests {
         let uffd = &set.cells["s/uffd/Some(10.0)"];
         assert_eq!(uffd.samples["read_throughput_mib_s"], vec![50.0, 50.0]);
         assert_eq!((uffd.repetitions, uffd.failed), (3, 1));
-        // Paired by repetition: 50/100 and 50/200.
+        // Over the reference's median in the run, (100 + 200) / 2.
         assert_eq!(
             uffd.samples["read_throughput_mib_s/baseline"],
-            vec![0.5, 0.25]
+            vec![50.0 / 150.0, 50.0 / 150.0]
         );
         assert!(!set.cells["s/baseline/None"]
             .samples
