@@ -13,6 +13,7 @@
 //! - [`roles`]: parts of a cell that run as child processes.
 //! - [`compare_cli`], [`baseline_cli`]: `harness compare` and
 //!   `harness baseline`, the regression gate over runs and baselines.
+//! - [`icount`]: `harness icount`, instruction counts under callgrind.
 
 mod access_trace;
 mod baseline_cli;
@@ -21,6 +22,7 @@ mod compare_cli;
 mod doctor;
 mod emulation;
 mod host;
+mod icount;
 mod implementations;
 mod interrupt;
 mod link_calibration;
@@ -132,6 +134,27 @@ enum Command {
         new: PathBuf,
         #[command(flatten)]
         gate: compare_cli::GateOptions,
+    },
+    /// Count the instructions of fixed workloads (codecs, the NBD request
+    /// decoder, pipeline stages) under valgrind's callgrind and compare them
+    /// with the committed baseline: deterministic, so the gate is strict.
+    /// Exits 1 when a workload executes more than --threshold percent more.
+    #[command(after_help = "Examples:\n  \
+        harness icount                 # against results/baselines/icount.json\n  \
+        harness icount --update        # rewrite the baseline\n  \
+        harness icount frpc_reply_4k   # one workload")]
+    Icount {
+        /// Workloads to count (default: all; `icount-workloads --list`).
+        workloads: Vec<String>,
+        /// The baseline file.
+        #[arg(long, default_value = icount::DEFAULT_BASELINE)]
+        baseline: PathBuf,
+        /// Write the counts as the new baseline instead of comparing.
+        #[arg(long)]
+        update: bool,
+        /// Allowed increase, percent.
+        #[arg(long, default_value_t = 1.0)]
+        threshold: f64,
     },
     /// Keep a run's samples as a named baseline for `harness compare`.
     #[command(subcommand)]
@@ -325,6 +348,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Compare { base, new, gate } => compare_cli::run(&base, &new, &gate),
+        Command::Icount {
+            workloads,
+            baseline,
+            update,
+            threshold,
+        } => icount::run(&baseline, update, threshold, &workloads),
         Command::Baseline(BaselineCommand::Update { name, run, dir }) => {
             baseline_cli::update(&name, &run, &dir)?;
             Ok(ExitCode::SUCCESS)

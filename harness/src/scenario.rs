@@ -884,10 +884,25 @@ mod tests {
 
     #[test]
     fn every_built_in_scenario_parses_under_every_profile_it_has() {
-        for (name, _) in BUILT_IN.iter().chain(BENCH_SETS) {
+        for (name, _) in BUILT_IN {
             for profile in ["quick", "default", "thesis"] {
                 load_any(name, profile).unwrap();
             }
+        }
+    }
+
+    #[test]
+    fn the_ci_bench_set_stays_out_of_thesis_and_can_reach_significance() {
+        assert!(!built_in_names().any(|n| n == "ci"));
+        let AnyScenario::Region(ci) = load_any("ci", "default").unwrap() else {
+            panic!("ci is a region scenario");
+        };
+        // Five a side is the least for which the exact two-sided test can
+        // reach p < 0.01 (2 / C(10, 5)).
+        assert!(ci.repetitions >= 5, "{}", ci.repetitions);
+        let names: Vec<&str> = ci.cells().iter().map(|c| c.implementation.name).collect();
+        for imp in ["baseline", "uffd", "mount-direct", "mount-managed"] {
+            assert!(names.contains(&imp), "{imp} missing from {names:?}");
         }
     }
 

@@ -462,7 +462,7 @@ mod tests {
         assert_eq!(row.verdict, Verdict::Regressed, "{row:?}");
         assert!(row.exact && row.p_value < 0.01, "{row:?}");
         let (lo, hi) = row.ratio_ci.unwrap();
-        assert!(lo <= 0.8 && 0.8 <= hi && hi < 0.95, "{lo} {hi}");
+        assert!(lo <= 0.8 && (0.8..0.95).contains(&hi), "{lo} {hi}");
         // Latency up 20 %: also worse; down 20 %: better.
         assert_eq!(
             verdict("setup_ms", &ten(100.0), &ten(120.0)).verdict,
