@@ -33,6 +33,8 @@ pub struct IcountBaseline {
     pub created_at: String,
     pub git_revision: Option<String>,
     pub valgrind: String,
+    /// How the workloads binary was built (`icount-workloads --build`).
+    pub build: String,
     /// Workload name -> instructions executed inside `measured_*`.
     pub counts: BTreeMap<String, u64>,
 }
@@ -60,6 +62,27 @@ fn workloads_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// The workloads binary's build line; an error for a build with debug
+/// assertions, whose counts are not those of the code users run.
+fn workloads_build(bin: &Path) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .arg("--build")
+        .output()
+        .with_context(|| format!("running {} --build", bin.display()))?;
+    let build = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || build.is_empty() {
+        anyhow::bail!("{} --build said nothing", bin.display());
+    }
+    if build.contains("debug-assertions=true") {
+        anyhow::bail!(
+            "{} was built with debug assertions ({build}; `cargo test` leaves such a build in target/debug): \
+             run `cargo build -p harness --bins` first",
+            bin.display()
+        );
+    }
+    Ok(build)
 }
 
 fn valgrind_version() -> anyhow::Result<String> {
@@ -194,6 +217,7 @@ pub fn run(
         anyhow::bail!("--threshold {threshold_percent}: must be a percentage >= 0");
     }
     let valgrind = valgrind_version()?;
+    let build = workloads_build(&workloads_binary()?)?;
     let counts = count_all(only)?;
     let revision = crate::host::build_info().git_revision;
     if update {
@@ -202,6 +226,7 @@ pub fn run(
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             git_revision: revision,
             valgrind,
+            build,
             counts,
         };
         let mut json = serde_json::to_vec_pretty(&file)?;
@@ -229,6 +254,12 @@ pub fn run(
             "{}: format `{}`, this harness reads `{FORMAT}`",
             baseline.display(),
             base.format
+        );
+    }
+    if base.build != build {
+        anyhow::bail!(
+            "the baseline counted a build `{}`, this one is `{build}`: counts are not comparable",
+            base.build
         );
     }
     if base.valgrind != valgrind {

@@ -142,6 +142,9 @@ fn a_planted_regression_exits_1_and_its_absence_exits_0() {
     let out = compare(&base, &slower, &["--fail-above", "25"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("reported only"), "{}", text(&out));
+    let out = compare(&base, &slower, &["--report-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("FAIL: 1 significant"), "{}", text(&out));
 }
 
 #[test]

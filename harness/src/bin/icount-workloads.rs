@@ -8,7 +8,9 @@
 //! same binary with the same input executes the same instructions, so a
 //! change in the count is a change in the code, not noise.
 //!
-//! `icount-workloads --list` prints the names, one per line.
+//! `icount-workloads --list` prints the names, one per line;
+//! `icount-workloads --build` how it was built (counts of a build with
+//! debug assertions, as `cargo test` leaves in `target/debug`, differ).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -208,6 +210,15 @@ fn chunks_synced_pull_64k() -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
+        [flag] if flag == "--build" => {
+            println!(
+                "profile={} opt-level={} debug-assertions={}",
+                env!("MEMSYNC_BUILD_PROFILE"),
+                env!("MEMSYNC_BUILD_OPT_LEVEL"),
+                cfg!(debug_assertions)
+            );
+            ExitCode::SUCCESS
+        }
         [flag] if flag == "--list" => {
             for (name, _) in WORKLOADS {
                 println!("{name}");
@@ -228,7 +239,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: icount-workloads NAME | --list");
+            eprintln!("usage: icount-workloads NAME | --list | --build");
             ExitCode::from(2)
         }
     }
