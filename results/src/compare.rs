@@ -114,6 +114,12 @@ pub struct CompareConfig {
     pub alpha: f64,
     #[serde(default)]
     pub correction: Correction,
+    /// Let an in-run ratio (`<metric>/baseline`) gate in place of its
+    /// absolute metric where a cell has both (the default). False: the
+    /// absolute metric gates and the ratio is reported, for a reference
+    /// cell noisier than the cells it divides.
+    #[serde(default = "default_true")]
+    pub prefer_in_run_ratios: bool,
     #[serde(default)]
     pub metrics: BTreeMap<String, MetricOverride>,
     /// Resamples of the bootstrap confidence interval.
@@ -126,6 +132,9 @@ pub struct CompareConfig {
 
 fn default_threshold() -> f64 {
     0.05
+}
+fn default_true() -> bool {
+    true
 }
 fn default_alpha() -> f64 {
     0.01
@@ -143,6 +152,7 @@ impl Default for CompareConfig {
             threshold: default_threshold(),
             alpha: default_alpha(),
             correction: Correction::default(),
+            prefer_in_run_ratios: true,
             metrics: BTreeMap::new(),
             bootstrap_resamples: default_resamples(),
             seed: default_seed(),
@@ -364,9 +374,15 @@ pub fn compare(base: &SampleSet, new: &SampleSet, config: &CompareConfig) -> Com
                 continue;
             };
             let ratio = ratio_name(metric);
-            if row.gates && b.samples.contains_key(&ratio) && n.samples.contains_key(&ratio) {
+            let is_ratio = IN_RUN_RATIOS.iter().any(|m| ratio_name(m) == *metric);
+            if config.prefer_in_run_ratios {
+                if row.gates && b.samples.contains_key(&ratio) && n.samples.contains_key(&ratio) {
+                    row.gates = false;
+                    row.note = Some(format!("gated by the in-run ratio {ratio}"));
+                }
+            } else if is_ratio && row.gates {
                 row.gates = false;
-                row.note = Some(format!("gated by the in-run ratio {ratio}"));
+                row.note = Some("in-run ratio: reported (prefer_in_run_ratios = false)".into());
             }
             rows.push(row);
         }
@@ -593,6 +609,15 @@ mod tests {
         assert!(!absolute.gates);
         assert_eq!(report.rows[1].verdict, Verdict::Unchanged);
         assert!(report.regressions(0.0).is_empty());
+
+        // Asked not to prefer ratios: the absolute metric gates again.
+        let config = CompareConfig {
+            prefer_in_run_ratios: false,
+            ..CompareConfig::default()
+        };
+        let report = compare(&base, &new, &config);
+        assert!(report.rows[0].gates && !report.rows[1].gates);
+        assert_eq!(report.regressions(0.0).len(), 1);
     }
 
     #[test]
