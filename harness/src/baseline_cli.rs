@@ -26,10 +26,24 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Writes `dir/NAME.json` from `run_dir`; returns its path.
-pub fn update(name: &str, run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+/// Writes `dir/NAME.json` from `run_dirs` (their samples pooled); returns
+/// its path.
+pub fn update(name: &str, run_dirs: &[PathBuf], dir: &Path) -> anyhow::Result<PathBuf> {
     check_name(name)?;
-    let samples = SampleSet::from_run_dir(run_dir)?;
+    let Some((first, rest)) = run_dirs.split_first() else {
+        anyhow::bail!("no run directory given (--run RUN_DIR, repeatable)");
+    };
+    let mut samples = SampleSet::from_run_dir(first)?;
+    for other in rest {
+        for d in samples.absorb(SampleSet::from_run_dir(other)?) {
+            eprintln!(
+                "WARNING: {} differs from {}: {d}",
+                other.display(),
+                first.display()
+            );
+        }
+    }
+    let run_dir = first;
     if samples.cells.values().all(|c| c.samples.is_empty()) {
         anyhow::bail!(
             "{} has no measured repetition (every cell skipped or failed): nothing to keep",
@@ -74,7 +88,11 @@ pub fn update(name: &str, run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf>
         format: Baseline::FORMAT.to_owned(),
         name: name.to_owned(),
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        source_run: run_dir.display().to_string(),
+        source_run: run_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
         samples,
     }
     .write(&path)?;
@@ -102,7 +120,7 @@ mod tests {
     #[test]
     fn a_missing_run_directory_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = update("ci", &dir.path().join("no-such-run"), dir.path()).unwrap_err();
+        let err = update("ci", &[dir.path().join("no-such-run")], dir.path()).unwrap_err();
         assert!(format!("{err:#}").contains("no-such-run"), "{err:#}");
     }
 }

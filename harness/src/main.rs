@@ -198,17 +198,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BaselineCommand {
-    /// Write results/baselines/NAME.json from a run directory: every
-    /// per-repetition sample, the machine description and git revision.
+    /// Write results/baselines/NAME.json from one or more run directories:
+    /// every per-repetition sample, the machine description and git revision.
     #[command(
         after_help = "Example:\n  harness baseline update ci --run results/runs/20261206T090000Z-ci"
     )]
     Update {
         /// The baseline's name (its file name without `.json`).
         name: String,
-        /// The run directory to keep.
-        #[arg(long)]
-        run: PathBuf,
+        /// The run directory to keep; repeat it to pool several runs' samples
+        /// (a baseline from one run misses how much runs differ).
+        #[arg(long, required = true)]
+        run: Vec<PathBuf>,
         /// Directory of baselines.
         #[arg(long, default_value = baseline_cli::DEFAULT_DIR)]
         dir: PathBuf,

@@ -214,6 +214,31 @@ impl SampleSet {
         }
     }
 
+    /// Adds `other`'s samples to this set's, cell by cell and metric by
+    /// metric (a baseline pooled from several runs sees run-to-run
+    /// variation that one run's back-to-back repetitions do not). Returns
+    /// how `other`'s machine differs from this set's.
+    pub fn absorb(&mut self, other: SampleSet) -> Vec<String> {
+        let differences = self.machine.differences(&other.machine);
+        for (id, cell) in other.cells {
+            match self.cells.get_mut(&id) {
+                None => {
+                    self.cells.insert(id, cell);
+                }
+                Some(mine) => {
+                    mine.repetitions += cell.repetitions;
+                    mine.failed += cell.failed;
+                    mine.skipped += cell.skipped;
+                    for (metric, values) in cell.samples {
+                        mine.samples.entry(metric).or_default().extend(values);
+                    }
+                }
+            }
+        }
+        self.run_id = format!("{}+{}", self.run_id, other.run_id);
+        differences
+    }
+
     /// Reads `dir/manifest.json` and `dir/cells.jsonl`.
     pub fn from_run_dir(dir: &Path) -> Result<SampleSet, SamplesError> {
         let path = dir.join("manifest.json");
@@ -410,6 +435,25 @@ mod tests {
         assert!(err.to_string().contains("other.json"), "{err}");
         let missing = SampleSet::load(&dir.path().join("missing.json")).unwrap_err();
         assert!(missing.to_string().contains("missing.json"), "{missing}");
+    }
+
+    #[test]
+    fn absorbing_a_run_pools_its_samples() {
+        let mut a = SampleSet::from_records(&manifest(), &[rec("uffd", 0, 1.0, Some(1.0))]);
+        let b = SampleSet::from_records(
+            &manifest(),
+            &[
+                rec("uffd", 0, 2.0, Some(1.0)),
+                rec("uffd", 1, 3.0, Some(5.0)),
+            ],
+        );
+        assert!(a.absorb(b).is_empty());
+        assert_eq!(
+            a.cells["s/uffd/Some(1.0)"].samples["read_throughput_mib_s"],
+            vec![1.0, 2.0]
+        );
+        assert_eq!(a.cells["s/uffd/Some(1.0)"].repetitions, 2);
+        assert!(a.cells.contains_key("s/uffd/Some(5.0)"));
     }
 
     #[test]
