@@ -11,14 +11,20 @@
 //! - [`doctor`]: what the host offers.
 //! - [`report`]: `harness report`, figures and index.html of a run.
 //! - [`roles`]: parts of a cell that run as child processes.
+//! - [`compare_cli`], [`baseline_cli`]: `harness compare` and
+//!   `harness baseline`, the regression gate over runs and baselines.
+//! - [`icount`]: `harness icount`, instruction counts under callgrind.
 
 mod access_trace;
+mod baseline_cli;
 mod calibration;
+mod compare_cli;
 mod doctor;
 mod downtime;
 mod emulation;
 mod hash_throughput;
 mod host;
+mod icount;
 mod implementations;
 mod interrupt;
 mod link_calibration;
@@ -37,7 +43,7 @@ mod thesis;
 mod transport_sweep;
 mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -91,6 +97,71 @@ enum Command {
         #[arg(long, value_enum, default_value_t = emulation::EmulationChoice::Auto)]
         emulation: emulation::EmulationChoice,
     },
+    /// Run a fixed benchmark cell set (`ci`: baseline, uffd, direct and
+    /// managed mounts over frpc and grpc at RTT 0 and 10 ms, 10 repetitions)
+    /// and, with --against, compare it with a baseline.
+    #[command(after_help = "Examples:\n  \
+        harness bench --profile ci\n  \
+        harness bench --profile ci --against results/baselines/ci.json --fail-above 20 --markdown bench.md")]
+    Bench {
+        /// The cell set.
+        #[arg(long, value_enum)]
+        profile: BenchProfile,
+        /// Directory the run directory is created in.
+        #[arg(long, default_value = "results/runs")]
+        out: PathBuf,
+        /// How the network is emulated (see `harness scenario --help`).
+        #[arg(long, value_enum, default_value_t = emulation::EmulationChoice::Auto)]
+        emulation: emulation::EmulationChoice,
+        /// A baseline file or run directory to compare the run with; the
+        /// exit code is then the comparison's.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        #[command(flatten)]
+        gate: compare_cli::GateOptions,
+    },
+    /// Compare two runs (or baselines) cell by cell and metric by metric:
+    /// a two-sided permutation test on the per-repetition samples (p <
+    /// 0.01) and a noise threshold (5 %); improved / unchanged / regressed
+    /// with the change of the medians and its bootstrap interval. Exits 1
+    /// on a significant regression beyond its threshold (and --fail-above),
+    /// 0 otherwise.
+    #[command(after_help = "Examples:\n  \
+        harness compare results/baselines/ci.json results/runs/20261206T090000Z-ci\n  \
+        harness compare RUN_A RUN_B --thresholds bench-thresholds.toml --markdown compare.md\n  \
+        harness compare results/baselines/ci.json RUN --fail-above 20   # report-only below 20 %")]
+    Compare {
+        /// The reference: a run directory or a baseline JSON file.
+        base: PathBuf,
+        /// The candidate: a run directory or a baseline JSON file.
+        new: PathBuf,
+        #[command(flatten)]
+        gate: compare_cli::GateOptions,
+    },
+    /// Count the instructions of fixed workloads (codecs, the NBD request
+    /// decoder, pipeline stages) under valgrind's callgrind and compare them
+    /// with the committed baseline: deterministic, so the gate is strict.
+    /// Exits 1 when a workload executes more than --threshold percent more.
+    #[command(after_help = "Examples:\n  \
+        harness icount                 # against results/baselines/icount.json\n  \
+        harness icount --update        # rewrite the baseline\n  \
+        harness icount frpc_reply_4k   # one workload")]
+    Icount {
+        /// Workloads to count (default: all; `icount-workloads --list`).
+        workloads: Vec<String>,
+        /// The baseline file.
+        #[arg(long, default_value = icount::DEFAULT_BASELINE)]
+        baseline: PathBuf,
+        /// Write the counts as the new baseline instead of comparing.
+        #[arg(long)]
+        update: bool,
+        /// Allowed increase, percent.
+        #[arg(long, default_value_t = 1.0)]
+        threshold: f64,
+    },
+    /// Keep a run's samples as a named baseline for `harness compare`.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
     /// List the built-in scenarios and the implementations.
     List,
     /// Run one role of a cell (started by the runner; talks JSON lines on
@@ -126,6 +197,33 @@ enum Command {
         #[arg(long)]
         open: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BaselineCommand {
+    /// Write results/baselines/NAME.json from one or more run directories:
+    /// every per-repetition sample, the machine description and git revision.
+    #[command(
+        after_help = "Example:\n  harness baseline update ci --run results/runs/20261206T090000Z-ci"
+    )]
+    Update {
+        /// The baseline's name (its file name without `.json`).
+        name: String,
+        /// The run directory to keep; repeat it to pool several runs' samples
+        /// (a baseline from one run misses how much runs differ).
+        #[arg(long, required = true)]
+        run: Vec<PathBuf>,
+        /// Directory of baselines.
+        #[arg(long, default_value = baseline_cli::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+}
+
+/// Fixed cell sets of `harness bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchProfile {
+    /// scenarios/ci.toml: the CI regression cells.
+    Ci,
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,154 +343,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return thesis::run(profile.name(), emulation.name(), &out);
             }
             let profile = profile.unwrap_or(Profile::Default);
-            let capabilities = doctor::probe_all();
-            let report = match scenario::load_any(&name, profile.name())? {
-                scenario::AnyScenario::Region(scenario) => {
-                    let emulation =
-                        emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
-                    interrupt::install().context("installing the Ctrl-C handler")?;
-                    eprintln!(
-                        "scenario {} ({} profile): {} cells x {} repetitions, emulation {}, budget {} s per cell",
-                        scenario.name,
-                        scenario.profile,
-                        scenario.cells().len(),
-                        scenario.repetitions,
-                        emulation,
-                        scenario.cell_time_budget_s
-                    );
-                    let report = runner::run(&scenario, emulation, capabilities, &out)?;
-                    println!("{}", reports::summary_table(&report.rows));
-                    report
-                }
-                scenario::AnyScenario::LinkCalibration(scenario) => {
-                    if emulation != emulation::EmulationChoice::Auto {
-                        anyhow::bail!(
-                            "--emulation does not apply to {}: it measures the emulators its file \
-                             lists ({}); edit `emulators` in a copy of the file to choose",
-                            scenario.name,
-                            scenario
-                                .emulators
-                                .iter()
-                                .map(|e| e.name())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        );
-                    }
-                    interrupt::install().context("installing the Ctrl-C handler")?;
-                    eprintln!(
-                        "scenario {} ({} profile): {} emulator(s) x {} points x {} repetitions",
-                        scenario.name,
-                        scenario.profile,
-                        scenario.emulators.len(),
-                        scenario.points().len(),
-                        scenario.repetitions,
-                    );
-                    let report = link_calibration::run(&scenario, capabilities, &out)?;
-                    println!("{}", link_calibration::table(&report.rows));
-                    for line in link_calibration::skipped_lines(&report.rows)
-                        .into_iter()
-                        .chain(link_calibration::capacity_lines(&report.rows))
-                    {
-                        println!("{line}");
-                    }
-                    report
-                }
-                scenario::AnyScenario::TransportSweep(scenario) => {
-                    let emulation =
-                        emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
-                    interrupt::install().context("installing the Ctrl-C handler")?;
-                    eprintln!(
-                        "scenario {} ({} profile): {} transports x {} points x {} repetitions, emulation {}",
-                        scenario.name,
-                        scenario.profile,
-                        scenario.transports.len(),
-                        scenario.points().len(),
-                        scenario.repetitions,
-                        emulation,
-                    );
-                    let report = transport_sweep::run(&scenario, emulation, capabilities, &out)?;
-                    println!("{}", transport_sweep::table(&report.rows));
-                    for line in transport_sweep::skipped_lines(&report.rows)
-                        .into_iter()
-                        .chain(transport_sweep::target_lines(&report.rows))
-                    {
-                        println!("{line}");
-                    }
-                    report
-                }
-                scenario::AnyScenario::Downtime(scenario) => {
-                    let emulation =
-                        emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
-                    interrupt::install().context("installing the Ctrl-C handler")?;
-                    eprintln!(
-                        "scenario {} ({} profile): {} strategies x {} transports x {} points x {} repetitions, emulation {}",
-                        scenario.name,
-                        scenario.profile,
-                        scenario.strategies.len(),
-                        scenario.transports.len(),
-                        scenario.points().len(),
-                        scenario.repetitions,
-                        emulation,
-                    );
-                    let report = downtime::run(&scenario, emulation, capabilities, &out)?;
-                    println!("{}", downtime::table(&report.rows));
-                    for line in downtime::target_lines(&report.rows) {
-                        println!("{line}");
-                    }
-                    report
-                }
-                scenario::AnyScenario::HashThroughput(scenario) => {
-                    refuse_emulation(emulation, &scenario.name)?;
-                    interrupt::install().context("installing the Ctrl-C handler")?;
-                    eprintln!(
-                        "scenario {} ({} profile): {} cells x {} repetitions, {} MiB region in memory",
-                        scenario.name,
-                        scenario.profile,
-                        scenario.cells_per_repetition(),
-                        scenario.repetitions,
-                        scenario.region_mib,
-                    );
-                    let report = hash_throughput::run(&scenario, capabilities, &out)?;
-                    println!("{}", hash_throughput::table(&report.rows));
-                    for line in hash_throughput::ceiling_lines(&report.rows) {
-                        println!("{line}");
-                    }
-                    report
-                }
-                scenario::AnyScenario::PrecopyCost(scenario) => {
-                    refuse_emulation(emulation, &scenario.name)?;
-                    interrupt::install().context("installing the Ctrl-C handler")?;
-                    eprintln!(
-                        "scenario {} ({} profile): {} trackers x {} points x {} repetitions, {} measured cycles each",
-                        scenario.name,
-                        scenario.profile,
-                        scenario.trackers.len(),
-                        scenario.points().len(),
-                        scenario.repetitions,
-                        scenario.cycles,
-                    );
-                    let report = precopy_cost::run(&scenario, capabilities, &out)?;
-                    println!("{}", precopy_cost::table(&report.rows));
-                    for line in precopy_cost::claim_lines(&report.rows, &scenario.base) {
-                        println!("{line}");
-                    }
-                    report
-                }
+            run_scenario(&name, profile, &out, emulation).map(|(code, _)| code)
+        }
+        Command::Bench {
+            profile,
+            out,
+            emulation,
+            against,
+            gate,
+        } => {
+            let name = match profile {
+                BenchProfile::Ci => "ci",
             };
-            for w in &report.warnings {
-                println!("warning: {w}");
+            let started = std::time::Instant::now();
+            let (code, dir) = run_scenario(name, Profile::Default, &out, emulation)?;
+            println!(
+                "bench {name}: ran in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            match against {
+                Some(base) if code == ExitCode::SUCCESS => compare_cli::run(&base, &dir, &gate),
+                _ => Ok(code),
             }
-            println!("results: {}", report.dir.display());
-            report::after_run(&report.dir);
-            let failed = report.rows.iter().any(|r| r.failed > 0);
-            if failed {
-                println!("some cells failed; their reasons are in cells.jsonl and summary.csv");
-            }
-            Ok(if report.interrupted {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            })
+        }
+        Command::Compare { base, new, gate } => compare_cli::run(&base, &new, &gate),
+        Command::Icount {
+            workloads,
+            baseline,
+            update,
+            threshold,
+        } => icount::run(&baseline, update, threshold, &workloads),
+        Command::Baseline(BaselineCommand::Update { name, run, dir }) => {
+            baseline_cli::update(&name, &run, &dir)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::List => {
             println!("scenarios (built in; run with `harness scenario NAME`):");
@@ -491,6 +474,165 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs one scenario (not `thesis`) and prints its table; returns the exit
+/// code and the run directory.
+fn run_scenario(
+    name: &str,
+    profile: Profile,
+    out: &Path,
+    emulation: emulation::EmulationChoice,
+) -> anyhow::Result<(ExitCode, PathBuf)> {
+    let capabilities = doctor::probe_all();
+    let report = match scenario::load_any(name, profile.name())? {
+        scenario::AnyScenario::Region(scenario) => {
+            let emulation =
+                emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
+            interrupt::install().context("installing the Ctrl-C handler")?;
+            eprintln!(
+                "scenario {} ({} profile): {} cells x {} repetitions, emulation {}, budget {} s per cell",
+                scenario.name,
+                scenario.profile,
+                scenario.cells().len(),
+                scenario.repetitions,
+                emulation,
+                scenario.cell_time_budget_s
+            );
+            let report = runner::run(&scenario, emulation, capabilities, out)?;
+            println!("{}", reports::summary_table(&report.rows));
+            report
+        }
+        scenario::AnyScenario::LinkCalibration(scenario) => {
+            if emulation != emulation::EmulationChoice::Auto {
+                anyhow::bail!(
+                    "--emulation does not apply to {}: it measures the emulators its file \
+                     lists ({}); edit `emulators` in a copy of the file to choose",
+                    scenario.name,
+                    scenario
+                        .emulators
+                        .iter()
+                        .map(|e| e.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            interrupt::install().context("installing the Ctrl-C handler")?;
+            eprintln!(
+                "scenario {} ({} profile): {} emulator(s) x {} points x {} repetitions",
+                scenario.name,
+                scenario.profile,
+                scenario.emulators.len(),
+                scenario.points().len(),
+                scenario.repetitions,
+            );
+            let report = link_calibration::run(&scenario, capabilities, out)?;
+            println!("{}", link_calibration::table(&report.rows));
+            for line in link_calibration::skipped_lines(&report.rows)
+                .into_iter()
+                .chain(link_calibration::capacity_lines(&report.rows))
+            {
+                println!("{line}");
+            }
+            report
+        }
+        scenario::AnyScenario::TransportSweep(scenario) => {
+            let emulation =
+                emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
+            interrupt::install().context("installing the Ctrl-C handler")?;
+            eprintln!(
+                "scenario {} ({} profile): {} transports x {} points x {} repetitions, emulation {}",
+                scenario.name,
+                scenario.profile,
+                scenario.transports.len(),
+                scenario.points().len(),
+                scenario.repetitions,
+                emulation,
+            );
+            let report = transport_sweep::run(&scenario, emulation, capabilities, out)?;
+            println!("{}", transport_sweep::table(&report.rows));
+            for line in transport_sweep::skipped_lines(&report.rows)
+                .into_iter()
+                .chain(transport_sweep::target_lines(&report.rows))
+            {
+                println!("{line}");
+            }
+            report
+        }
+        scenario::AnyScenario::Downtime(scenario) => {
+            let emulation =
+                emulation::resolve(emulation, &capabilities).map_err(anyhow::Error::msg)?;
+            interrupt::install().context("installing the Ctrl-C handler")?;
+            eprintln!(
+                "scenario {} ({} profile): {} strategies x {} transports x {} points x {} repetitions, emulation {}",
+                scenario.name,
+                scenario.profile,
+                scenario.strategies.len(),
+                scenario.transports.len(),
+                scenario.points().len(),
+                scenario.repetitions,
+                emulation,
+            );
+            let report = downtime::run(&scenario, emulation, capabilities, out)?;
+            println!("{}", downtime::table(&report.rows));
+            for line in downtime::target_lines(&report.rows) {
+                println!("{line}");
+            }
+            report
+        }
+        scenario::AnyScenario::HashThroughput(scenario) => {
+            refuse_emulation(emulation, &scenario.name)?;
+            interrupt::install().context("installing the Ctrl-C handler")?;
+            eprintln!(
+                "scenario {} ({} profile): {} cells x {} repetitions, {} MiB region in memory",
+                scenario.name,
+                scenario.profile,
+                scenario.cells_per_repetition(),
+                scenario.repetitions,
+                scenario.region_mib,
+            );
+            let report = hash_throughput::run(&scenario, capabilities, &out)?;
+            println!("{}", hash_throughput::table(&report.rows));
+            for line in hash_throughput::ceiling_lines(&report.rows) {
+                println!("{line}");
+            }
+            report
+        }
+        scenario::AnyScenario::PrecopyCost(scenario) => {
+            refuse_emulation(emulation, &scenario.name)?;
+            interrupt::install().context("installing the Ctrl-C handler")?;
+            eprintln!(
+                "scenario {} ({} profile): {} trackers x {} points x {} repetitions, {} measured cycles each",
+                scenario.name,
+                scenario.profile,
+                scenario.trackers.len(),
+                scenario.points().len(),
+                scenario.repetitions,
+                scenario.cycles,
+            );
+            let report = precopy_cost::run(&scenario, capabilities, &out)?;
+            println!("{}", precopy_cost::table(&report.rows));
+            for line in precopy_cost::claim_lines(&report.rows, &scenario.base) {
+                println!("{line}");
+            }
+            report
+        }
+    };
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
+    println!("results: {}", report.dir.display());
+    report::after_run(&report.dir);
+    let failed = report.rows.iter().any(|r| r.failed > 0);
+    if failed {
+        println!("some cells failed; their reasons are in cells.jsonl and summary.csv");
+    }
+    let code = if report.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    };
+    Ok((code, report.dir))
 }
 
 /// `harness cleanup`: namespaces and veths, then FUSE mounts (and the

@@ -79,6 +79,11 @@ const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Fixed cell sets for `harness bench --profile NAME`, by profile name.
+/// Kept apart from [`BUILT_IN`] so `harness scenario thesis` does not run
+/// them; `harness scenario NAME` still finds them.
+pub const BENCH_SETS: &[(&str, &str)] = &[("ci", include_str!("../../scenarios/ci.toml"))];
+
 /// The most pull workers a cell may ask for: the thesis's sweep went to
 /// 16384, each one a task holding one chunk request in flight.
 pub const MAX_PULL_WORKERS: usize = 16_384;
@@ -587,6 +592,7 @@ fn read_source(name_or_path: &str) -> Result<(String, String), ScenarioError> {
     } else {
         let (_, text) = BUILT_IN
             .iter()
+            .chain(BENCH_SETS)
             .find(|(n, _)| *n == name_or_path)
             .ok_or_else(|| ScenarioError::UnknownName {
                 name: name_or_path.to_owned(),
@@ -909,6 +915,21 @@ mod tests {
             for profile in ["quick", "default", "thesis"] {
                 load_any(name, profile).unwrap();
             }
+        }
+    }
+
+    #[test]
+    fn the_ci_bench_set_stays_out_of_thesis_and_can_reach_significance() {
+        assert!(!built_in_names().any(|n| n == "ci"));
+        let AnyScenario::Region(ci) = load_any("ci", "default").unwrap() else {
+            panic!("ci is a region scenario");
+        };
+        // Five a side is the least for which the exact two-sided test can
+        // reach p < 0.01 (2 / C(10, 5)).
+        assert!(ci.repetitions >= 5, "{}", ci.repetitions);
+        let names: Vec<&str> = ci.cells().iter().map(|c| c.implementation.name).collect();
+        for imp in ["baseline", "uffd", "mount-direct", "mount-managed"] {
+            assert!(names.contains(&imp), "{imp} missing from {names:?}");
         }
     }
 

@@ -18,13 +18,22 @@
 //! - [`histogram`]: HdrHistogram recording and its serialized summary.
 //! - [`writer`]: the run directory writer.
 //! - [`summary`]: folding repetitions into one row per cell, and the CSV.
+//! - [`samples`]: per-repetition samples by cell and metric, in-run ratios,
+//!   baseline files.
+//! - [`stats`]: permutation test and bootstrap interval.
+//! - [`compare`]: directions, noise thresholds and verdicts of two sample sets.
 
+pub mod compare;
 pub mod histogram;
+pub mod samples;
 pub mod schema;
+pub mod stats;
 pub mod summary;
 pub mod writer;
 
+pub use compare::{compare, CompareConfig, CompareReport, Direction, MetricComparison, Verdict};
 pub use histogram::{HistogramRecord, LatencyHistogram};
+pub use samples::{Baseline, SampleSet, SamplesError};
 pub use schema::{
     BuildInfo, CellRecord, CellStatus, EmulationInfo, HostInfo, Manifest, Metrics, SCHEMA_VERSION,
 };

@@ -37,7 +37,7 @@ pub struct Manifest {
 }
 
 /// The machine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     pub hostname: String,
     pub kernel: String,
@@ -49,7 +49,7 @@ pub struct HostInfo {
 }
 
 /// The binary that measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildInfo {
     /// Cargo profile name ("dev", "release", ...).
     pub profile: String,

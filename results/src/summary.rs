@@ -51,7 +51,8 @@ pub struct SummaryRow {
     pub other_medians: BTreeMap<String, f64>,
 }
 
-fn scalar(record: &CellRecord, name: &str) -> Option<f64> {
+/// The value of one of [`SUMMARY_METRICS`] in `record`.
+pub fn scalar(record: &CellRecord, name: &str) -> Option<f64> {
     let m = &record.metrics;
     let hist_us = |h: &str, q: fn(&crate::HistogramRecord) -> u64| {
         record
