@@ -591,7 +591,7 @@ fn run_scenario(
                 scenario.repetitions,
                 scenario.region_mib,
             );
-            let report = hash_throughput::run(&scenario, capabilities, &out)?;
+            let report = hash_throughput::run(&scenario, capabilities, out)?;
             println!("{}", hash_throughput::table(&report.rows));
             for line in hash_throughput::ceiling_lines(&report.rows) {
                 println!("{line}");
@@ -610,7 +610,7 @@ fn run_scenario(
                 scenario.repetitions,
                 scenario.cycles,
             );
-            let report = precopy_cost::run(&scenario, capabilities, &out)?;
+            let report = precopy_cost::run(&scenario, capabilities, out)?;
             println!("{}", precopy_cost::table(&report.rows));
             for line in precopy_cost::claim_lines(&report.rows, &scenario.base) {
                 println!("{line}");
