@@ -154,6 +154,7 @@ fn serve(args: MigrationSourceArgs) -> anyhow::Result<()> {
             bytes_read: stats.bytes_read,
             rounds: stats.rounds,
             syncs: stats.syncs,
+            sync_flush_ms: stats.last_sync_flush.map(|d| d.as_secs_f64() * 1e3),
             closed: stats.closed,
             requests: served.requests,
             cpu_s: crate::host::process_cpu_seconds() - cpu_at_ready,

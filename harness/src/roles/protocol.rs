@@ -35,6 +35,8 @@ pub struct SourceReport {
     /// `Dirty` rounds and `Sync`s served.
     pub rounds: u64,
     pub syncs: u64,
+    /// The last `Sync`'s flush of the source's mount, ms (its `msync`).
+    pub sync_flush_ms: Option<f64>,
     /// The destination called `Close`.
     pub closed: bool,
     /// Requests the server read.

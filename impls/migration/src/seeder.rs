@@ -107,6 +107,9 @@ pub struct SeederStats {
     pub dirty_chunks: u64,
     /// `Dirty` rounds served.
     pub rounds: u64,
+    /// How long the last successful `Sync`'s flush took (the `msync` share
+    /// of the downtime).
+    pub last_sync_flush: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +122,7 @@ struct ServiceState {
     syncs: u64,
     /// `Dirty` rounds served.
     rounds: u64,
+    last_sync_flush: Option<Duration>,
 }
 
 /// The transports' [`transports::Seeder`] service of one seeder. Serve it
@@ -165,6 +169,7 @@ impl SeederService {
             syncs: state.syncs,
             dirty_chunks: state.dirty.len() as u64,
             rounds: state.rounds,
+            last_sync_flush: state.last_sync_flush,
         }
     }
 
@@ -253,10 +258,12 @@ impl transports::Seeder for SeederService {
                 .resume_after(format!("suspending the application failed: {e}"))
                 .await);
         }
+        let flush_started = std::time::Instant::now();
         if let Err(e) = self.flush().await {
             return Err(self.resume_after(e.to_string()).await);
         }
         let mut state = self.state.lock();
+        state.last_sync_flush = Some(flush_started.elapsed());
         state.dirty.extend(self.tracking.take_dirty());
         state.suspended = true;
         state.syncs += 1;
