@@ -71,6 +71,96 @@ pub(crate) fn new_manifest(
     }
 }
 
+/// A run under way: its directory's writer, the manifest's warnings so
+/// far, and (in the packet-level modes) the namespaces, removed on drop.
+pub(crate) struct OpenedRun {
+    pub writer: RunWriter,
+    pub warnings: Vec<String>,
+    pub network: Option<crate::network::Namespaces>,
+}
+
+/// Creates a run's directory below `out` with its manifest and, when
+/// `emulation` works on packets, the run's namespaces (named in the
+/// manifest's emulator): how every scenario kind that crosses namespaces
+/// starts.
+pub(crate) fn open_run(
+    scenario: (&str, &str),
+    resolved: serde_json::Value,
+    emulation: Emulation,
+    capabilities: Vec<Capability>,
+    cells_planned: usize,
+    out: &Path,
+) -> anyhow::Result<OpenedRun> {
+    let run_id = run_id(scenario.0);
+    let dir = out.join(&run_id);
+    let manifest = new_manifest(
+        run_id,
+        scenario,
+        resolved,
+        EmulationInfo {
+            mode: emulation.name().into(),
+            emulator: emulation.emulator().into(),
+            accuracy: None,
+            calibration: vec![],
+        },
+        capabilities,
+        cells_planned,
+    );
+    let warnings = manifest.warnings.clone();
+    let mut writer = RunWriter::create(&dir, manifest)
+        .with_context(|| format!("creating the run directory under {}", out.display()))?;
+    let network = emulation
+        .layout()
+        .map(crate::network::Namespaces::create)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if let Some(net) = &network {
+        writer.manifest_mut().emulation.emulator = format!(
+            "{} (namespaces {}, {}, {})",
+            emulation.emulator(),
+            net.topology.src_ns(),
+            net.topology.dst_ns(),
+            net.topology.link_ns().unwrap_or("-")
+        );
+    }
+    Ok(OpenedRun {
+        writer,
+        warnings,
+        network,
+    })
+}
+
+/// A record of one cell repetition, not yet measured (status `ok`, no
+/// metrics), started now.
+pub(crate) fn new_cell_record(
+    cell_id: String,
+    scenario: &str,
+    implementation: &str,
+    emulation: &str,
+    params: BTreeMap<String, serde_json::Value>,
+    repetition: u32,
+) -> CellRecord {
+    CellRecord {
+        cell_id,
+        scenario: scenario.to_owned(),
+        implementation: implementation.to_owned(),
+        transport: None,
+        device: None,
+        emulation: emulation.to_owned(),
+        params,
+        repetition,
+        status: CellStatus::Ok,
+        reason: None,
+        started_at: utc_now(),
+        wall_ms: 0.0,
+        metrics: Metrics::default(),
+        histograms: BTreeMap::new(),
+        placement: BTreeMap::new(),
+        source_sha256: None,
+        destination_sha256: None,
+    }
+}
+
 /// The progress line long runs draw on stderr.
 pub(crate) fn progress_bar(total: usize) -> ProgressBar {
     let progress = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());

@@ -64,9 +64,10 @@ fn every_strategy_migrates_a_written_region_intact_across_namespaces() {
         assert!(m["app_checks"].as_f64().unwrap() > 0.0, "{r}");
         let downtime = m["downtime_ms"].as_f64().unwrap();
         let stall = m["app_stall_max_ms"].as_f64().unwrap();
-        // Suspension to resumption takes at least the Sync's round trip,
-        // and the application's longest gap spans its downtime.
-        assert!(downtime >= 2.0, "{r}");
+        // The source stops inside Sync; its reply still has half the
+        // 2 ms round trip to go before the destination can resume. The
+        // application's longest gap spans its downtime.
+        assert!(downtime >= 1.0, "{r}");
         assert!(stall >= downtime, "{r}");
         assert!(m["transfer_amplification"].as_f64().unwrap() >= 1.0, "{r}");
         if r["implementation"] == "stop-and-copy" {

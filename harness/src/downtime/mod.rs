@@ -37,13 +37,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use results::schema::Capability;
-use results::{CellRecord, CellStatus, EmulationInfo, Metrics, RunWriter, SummaryRow};
+use results::{CellRecord, CellStatus, SummaryRow};
 use serde::{Deserialize, Serialize};
 use transports::TransportKind;
 
 use crate::emulation::Emulation;
-use crate::network::Namespaces;
-use crate::runner::{new_manifest, progress_bar, run_id, utc_now, RunReport};
+use crate::runner::{new_cell_record, open_run, progress_bar, utc_now, OpenedRun, RunReport};
 use crate::scenario::ScenarioError;
 use crate::source::SourceCache;
 use app::{AppSpec, DirtyPattern, PAGE};
@@ -327,38 +326,18 @@ pub fn run(
     let strategies = scenario.strategies();
     let transports = scenario.transports();
     let total = points.len() * strategies.len() * transports.len() * scenario.repetitions as usize;
-    let run_id = run_id(&scenario.name);
-    let dir = out.join(&run_id);
-    let manifest = new_manifest(
-        run_id,
+    let OpenedRun {
+        mut writer,
+        mut warnings,
+        network,
+    } = open_run(
         (&scenario.name, &scenario.profile),
         serde_json::to_value(scenario).context("encoding the scenario")?,
-        EmulationInfo {
-            mode: emulation.name().into(),
-            emulator: emulation.emulator().into(),
-            accuracy: None,
-            calibration: vec![],
-        },
+        emulation,
         capabilities,
         total,
-    );
-    let mut warnings = manifest.warnings.clone();
-    let mut writer = RunWriter::create(&dir, manifest)
-        .with_context(|| format!("creating the run directory under {}", out.display()))?;
-    let network = emulation
-        .layout()
-        .map(Namespaces::create)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    if let Some(net) = &network {
-        writer.manifest_mut().emulation.emulator = format!(
-            "{} (namespaces {}, {}, {})",
-            emulation.emulator(),
-            net.topology.src_ns(),
-            net.topology.dst_ns(),
-            net.topology.link_ns().unwrap_or("-")
-        );
-    }
+        out,
+    )?;
     let runtime = crate::runner::cell_runtime(network.as_ref())?;
     let mut sources = SourceCache::new(scenario.seed);
     let progress = progress_bar(total);
@@ -455,25 +434,16 @@ fn new_record(
         .iter()
         .map(|(k, v)| format!("{k}={}", results::summary::param_text(v)))
         .collect();
-    CellRecord {
-        cell_id: format!("{}/{}/{}", scenario.name, strategy.name(), id.join(",")),
-        scenario: scenario.name.clone(),
-        implementation: strategy.name().to_owned(),
-        transport: Some(transport.name().to_owned()),
-        device: None,
-        emulation: emulation.name().to_owned(),
+    let mut record = new_cell_record(
+        format!("{}/{}/{}", scenario.name, strategy.name(), id.join(",")),
+        &scenario.name,
+        strategy.name(),
+        emulation.name(),
         params,
         repetition,
-        status: CellStatus::Ok,
-        reason: None,
-        started_at: utc_now(),
-        wall_ms: 0.0,
-        metrics: Metrics::default(),
-        histograms: BTreeMap::new(),
-        placement: BTreeMap::new(),
-        source_sha256: None,
-        destination_sha256: None,
-    }
+    );
+    record.transport = Some(transport.name().to_owned());
+    record
 }
 
 fn ms(d: Duration) -> f64 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use results::schema::Capability;
-use results::{CellRecord, CellStatus, EmulationInfo, LatencyHistogram, Metrics, RunWriter};
+use results::{CellRecord, CellStatus, LatencyHistogram, Metrics};
 use tokio_util::sync::CancellationToken;
 use transports::{ServeStats, Services, TransportKind};
 
@@ -20,7 +20,7 @@ use crate::network::Namespaces;
 use crate::roles::child::RoleProcess;
 use crate::roles::protocol::RoleEvent;
 use crate::roles::remote_backend::transport_config;
-use crate::runner::{new_manifest, progress_bar, run_id, utc_now, RunReport};
+use crate::runner::{new_cell_record, open_run, progress_bar, utc_now, OpenedRun, RunReport};
 use crate::source::{SourceCache, SourceImage};
 
 use super::ratios::targets;
@@ -45,40 +45,19 @@ pub fn run(
     let points = scenario.points();
     let kinds = scenario.run_order();
     let total = points.len() * kinds.len() * scenario.repetitions as usize;
-    let run_id = run_id(&scenario.name);
-    let dir = out.join(&run_id);
-    let manifest = new_manifest(
-        run_id,
+    // One topology for the run, removed on drop (errors included).
+    let OpenedRun {
+        mut writer,
+        mut warnings,
+        network,
+    } = open_run(
         (&scenario.name, &scenario.profile),
         serde_json::to_value(scenario).context("encoding the scenario")?,
-        EmulationInfo {
-            mode: emulation.name().into(),
-            emulator: emulation.emulator().into(),
-            accuracy: None,
-            calibration: vec![],
-        },
+        emulation,
         capabilities,
         total,
-    );
-    let mut warnings = manifest.warnings.clone();
-    let mut writer = RunWriter::create(&dir, manifest)
-        .with_context(|| format!("creating the run directory under {}", out.display()))?;
-
-    // One topology for the run, removed on drop (errors included).
-    let network = emulation
-        .layout()
-        .map(Namespaces::create)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    if let Some(net) = &network {
-        writer.manifest_mut().emulation.emulator = format!(
-            "{} (namespaces {}, {}, {})",
-            emulation.emulator(),
-            net.topology.src_ns(),
-            net.topology.dst_ns(),
-            net.topology.link_ns().unwrap_or("-")
-        );
-    }
+        out,
+    )?;
 
     let mut sources = SourceCache::new(scenario.seed);
     let progress = progress_bar(total);
@@ -182,25 +161,16 @@ fn new_record(
         .filter(|(k, _)| *k != "transport")
         .map(|(k, v)| format!("{k}={}", results::summary::param_text(v)))
         .collect();
-    CellRecord {
-        cell_id: format!("{}/{kind}/{}", scenario.name, id.join(",")),
-        scenario: scenario.name.clone(),
-        implementation: IMPLEMENTATION.to_owned(),
-        transport: Some(kind.name().to_owned()),
-        device: None,
-        emulation: emulation.name().to_owned(),
+    let mut record = new_cell_record(
+        format!("{}/{kind}/{}", scenario.name, id.join(",")),
+        &scenario.name,
+        IMPLEMENTATION,
+        emulation.name(),
         params,
         repetition,
-        status: CellStatus::Ok,
-        reason: None,
-        started_at: utc_now(),
-        wall_ms: 0.0,
-        metrics: Metrics::default(),
-        histograms: BTreeMap::new(),
-        placement: BTreeMap::new(),
-        source_sha256: None,
-        destination_sha256: None,
-    }
+    );
+    record.transport = Some(kind.name().to_owned());
+    record
 }
 
 /// Why a cell failed; `integrity` is `Some(false)` when a reply was wrong.
