@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hashsync::{Algorithm, HashList};
 use results::schema::Capability;
-use results::{CellRecord, CellStatus, EmulationInfo, Metrics, RunWriter, SummaryRow};
+use results::{CellRecord, CellStatus, EmulationInfo, RunWriter, SummaryRow};
 
 use crate::host::process_cpu_seconds;
 use crate::runner::{new_manifest, progress_bar, run_id, utc_now, RunReport};
@@ -174,25 +174,14 @@ fn new_record(
         .iter()
         .map(|(k, v)| format!("{k}={}", results::summary::param_text(v)))
         .collect();
-    CellRecord {
-        cell_id: format!("{}/{IMPLEMENTATION}/{}", scenario.name, id.join(",")),
-        scenario: scenario.name.clone(),
-        implementation: IMPLEMENTATION.to_owned(),
-        transport: None,
-        device: None,
-        emulation: "none".to_owned(),
+    crate::runner::new_cell_record(
+        format!("{}/{IMPLEMENTATION}/{}", scenario.name, id.join(",")),
+        &scenario.name,
+        IMPLEMENTATION,
+        "none",
         params,
         repetition,
-        status: CellStatus::Ok,
-        reason: None,
-        started_at: utc_now(),
-        wall_ms: 0.0,
-        metrics: Metrics::default(),
-        histograms: BTreeMap::new(),
-        placement: BTreeMap::new(),
-        source_sha256: None,
-        destination_sha256: None,
-    }
+    )
 }
 
 /// What the timed passes of one cell did.

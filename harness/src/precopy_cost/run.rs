@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use rand::SeedableRng;
 use results::schema::Capability;
-use results::{CellRecord, CellStatus, EmulationInfo, Metrics, RunWriter, SummaryRow};
+use results::{CellRecord, CellStatus, EmulationInfo, RunWriter, SummaryRow};
 
 use crate::host::process_cpu_seconds;
 use crate::runner::{new_manifest, progress_bar, run_id, utc_now, RunReport};
@@ -419,25 +419,14 @@ fn new_record(
         .map(|(k, v)| format!("{k}={}", results::summary::param_text(v)))
         .collect();
     let implementation = tracker.name();
-    CellRecord {
-        cell_id: format!("{}/{implementation}/{}", scenario.name, id.join(",")),
-        scenario: scenario.name.clone(),
-        implementation,
-        transport: None,
-        device: None,
-        emulation: "none".to_owned(),
+    crate::runner::new_cell_record(
+        format!("{}/{implementation}/{}", scenario.name, id.join(",")),
+        &scenario.name,
+        &implementation,
+        "none",
         params,
         repetition,
-        status: CellStatus::Ok,
-        reason: None,
-        started_at: utc_now(),
-        wall_ms: 0.0,
-        metrics: Metrics::default(),
-        histograms: BTreeMap::new(),
-        placement: BTreeMap::new(),
-        source_sha256: None,
-        destination_sha256: None,
-    }
+    )
 }
 
 /// One row per cell: the per-cycle cost table.
