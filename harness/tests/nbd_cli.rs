@@ -149,7 +149,10 @@ impl Served {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let rest: Vec<String> = self.lines.try_iter().collect();
+        // The child has exited, but the reader thread may not have passed
+        // on its last lines yet: read until it hangs up (stdout closed).
+        let rest: Vec<String> =
+            std::iter::from_fn(|| self.lines.recv_timeout(PATIENCE).ok()).collect();
         let stderr = self.stderr.take().unwrap().join().unwrap();
         (status, rest.join("\n"), stderr)
     }
